@@ -1,0 +1,56 @@
+# The two commands of the README: `make demo` (the whole job on a simulated fleet) and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+HOSTS ?= 2
+SIM_DIR ?= .sim/demo
+export PATH := $(abspath $(BIN)):$(PATH)
+export ANSIBLE_CONFIG := $(abspath ansible.cfg)
+
+.PHONY: venv host-tools docker demo test unit fleet-tests molecule lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip==25.3
+	$(BIN)/pip install -q -e '.[train,dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+host-tools:
+	scripts/ensure-host-tools.sh
+
+docker:
+	scripts/ensure-docker.sh
+
+demo: venv host-tools docker
+	$(BIN)/llava-devserver sim up --hosts $(HOSTS) --name demo -o $(SIM_DIR)
+	$(BIN)/ansible-playbook site.yml -i $(SIM_DIR)/devserver.ini
+	@echo "Report: $$(ls -d runs/*/ | tail -n 1)report.md"
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	$(BIN)/yamllint -s .
+	$(BIN)/ansible-lint --offline --profile production
+
+unit: venv host-tools
+	$(BIN)/pytest -m "not fleet"
+
+fleet-tests: venv host-tools docker
+	$(BIN)/pytest -m fleet
+
+molecule: venv host-tools docker
+	for s in default fleet faults; do $(BIN)/molecule test -s $$s || exit 1; done
+
+test: lint unit fleet-tests molecule
+
+bench: venv host-tools docker
+	$(PY) bench/validate_bench.py
+	$(PY) bench/provision_bench.py
+
+clean:
+	-$(BIN)/llava-devserver sim down --all
+	rm -rf .sim runs .cache
