@@ -1,0 +1,1 @@
+"""The simulated DevServer fleet (see fleet.py)."""
