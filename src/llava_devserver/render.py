@@ -20,6 +20,8 @@ from typing import Any
 
 import jinja2
 
+from llava_devserver.config import DEFAULT_TRAIN_ENV
+
 # Relative paths under `llava_dir` -> the template that renders each (Contract 2).
 JOB_FILES: dict[str, str] = {
     "scripts/v1_5/pretrain_new.sh": "pretrain_new.sh.j2",
@@ -54,16 +56,6 @@ REQUIRED_SETTINGS: dict[str, type | tuple[type, ...]] = {
     "nproc_per_node": int,
     "npu_devices": list,
     "train_env": dict,
-}
-
-# Environment that launch scripts for Ascend training set; `train_env` overrides any of them.
-# HCCL_CONNECT_TIMEOUT: seconds HCCL waits for all ranks to join (slow multi-node starts need more
-# than the default 120). TASK_QUEUE_ENABLE: asynchronous operator dispatch. CPU_AFFINITY_CONF: bind
-# each rank to the CPU cores near its NPU.
-NPU_ENV_DEFAULTS: dict[str, str] = {
-    "HCCL_CONNECT_TIMEOUT": "1200",
-    "TASK_QUEUE_ENABLE": "1",
-    "CPU_AFFINITY_CONF": "1",
 }
 
 # Variables that choose the network card for multi-node traffic; without one, HCCL picks by itself.
@@ -163,10 +155,16 @@ def _check_settings(settings: Mapping[str, Any]) -> str:
 
 
 def job_environment(settings: Mapping[str, Any]) -> dict[str, str]:
-    """The exported environment: NPU defaults, device visibility, then `train_env` on top; sorted."""
-    merged = dict(NPU_ENV_DEFAULTS)
+    """The exported environment, sorted: device visibility and the hub mirror, then `train_env` on top.
+
+    `train_env` from the config already holds the NPU defaults (HCCL_CONNECT_TIMEOUT, TASK_QUEUE_ENABLE,
+    CPU_AFFINITY_CONF); they are merged in again so that a hand-built settings dict gets them too.
+    """
     # Logical ids: the container sees only its cards, numbered 0..k-1 whatever their host ids.
-    merged["ASCEND_RT_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(settings["nproc_per_node"]))
+    merged = {"ASCEND_RT_VISIBLE_DEVICES": ",".join(str(i) for i in range(settings["nproc_per_node"]))}
+    if settings.get("hf_endpoint"):
+        merged["HF_ENDPOINT"] = str(settings["hf_endpoint"])
+    merged.update(DEFAULT_TRAIN_ENV)
     merged.update({k: str(v) for k, v in settings["train_env"].items()})
     return dict(sorted(merged.items()))
 
