@@ -48,7 +48,7 @@ def llava_vars(**overrides: Any) -> dict[str, Any]:
         "container_image_archive": None,
         "container_shm_size": "32g",
         "ascendcloud_package": "/srv/AscendCloud-6.3.906-20240701.zip",
-        "llava_train_commit": "5d8f1760c08b7dfba3ae97b71cbd4c6f17d12dbd",
+        "llava_train_commit": COMMIT,
         "llava_dir": LLAVA_DIR,
         "model_name_or_path": f"{LLAVA_DIR}/models/vicuna-13b-v1.5",
         "vision_tower": "openai/clip-vit-large-patch14-336",
