@@ -26,9 +26,8 @@ GOLDEN = Path(__file__).parent / "golden" / "render"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 SCRIPT = "scripts/v1_5/pretrain_new.sh"
 ZERO2 = "scripts/zero2.json"
-LLAVA_DIR = (
-    "/home/ma-user/ws/multimodal_algorithm/LLAVA/llava-train/5d8f1760c08b7dfba3ae97b71cbd4c6f17d12dbd/LLaVA"
-)
+COMMIT = "5d8f1760c08b7dfba3ae97b71cbd4c6f17d12dbd"
+LLAVA_DIR = f"/home/ma-user/ws/multimodal_algorithm/LLAVA/llava-train/{COMMIT}/LLaVA"
 
 
 def llava_vars(**overrides: Any) -> dict[str, Any]:
