@@ -19,7 +19,8 @@ import jinja2
 import jinja2.nodes
 import pytest
 
-from llava_devserver import config, render
+from llava_devserver import config, inventory, render
+from llava_devserver.cli import main
 from llava_devserver.render import RenderError, render_job
 
 GOLDEN = Path(__file__).parent / "golden" / "render"
@@ -366,3 +367,57 @@ def test_renders_what_the_config_produces(tmp_path: Path) -> None:
         path = tmp_path / "s.sh"
         path.write_text(script)
         subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+# ------------------------------------------------------------------------------------ the command
+
+
+def write_inventory(tmp_path: Path, hosts: int = 2, **group_vars: Any) -> Path:
+    package = tmp_path / "AscendCloud-6.3.906-20240701.zip"
+    package.write_bytes(b"PK")
+    lines = ["[devservers]"] + [f"devserver-{i} ansible_host=192.168.0.{10 + i}" for i in range(1, hosts + 1)]
+    ini = tmp_path / "devserver.ini"
+    ini.write_text("\n".join(lines) + "\n")
+    (tmp_path / "group_vars").mkdir()
+    settings = {"ascendcloud_package": str(package), "npu_devices": "0-3", **group_vars}
+    (tmp_path / "group_vars" / "all.yml").write_text(json.dumps(settings))  # JSON is YAML
+    return ini
+
+
+def test_command_writes_each_host_byte_for_byte(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ini = write_inventory(tmp_path, per_device_train_batch_size=16, launcher="deepspeed")
+    out = tmp_path / "out"
+    assert main(["render", "-i", str(ini), "-o", str(out)]) == 0
+    fleet = config.validate_fleet(inventory.load_inventory(ini).hosts)
+    for host in fleet.hosts:
+        expected = render_job(host.to_vars())
+        script = out / host.host / "pretrain_new.sh"
+        assert script.read_text() == expected[SCRIPT]
+        assert (out / host.host / "zero2.json").read_text() == expected[ZERO2]
+        assert script.stat().st_mode & stat.S_IXUSR
+    assert "--node_rank=1" in (out / "devserver-2" / "pretrain_new.sh").read_text()
+    assert str(out / "devserver-1" / "pretrain_new.sh") in capsys.readouterr().out
+
+
+def test_command_one_host_and_extra_vars(tmp_path: Path) -> None:
+    ini = write_inventory(tmp_path)
+    out = tmp_path / "out"
+    assert main(["render", "-i", str(ini), "--host", "devserver-2", "-o", str(out), "-e", "max_steps=7"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["devserver-2"]
+    assert "  --max_steps 7 \\\n" in (out / "devserver-2" / "pretrain_new.sh").read_text()
+
+
+def test_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["render", "-i", str(tmp_path / "absent.ini"), "-o", str(out)]) == 2
+    assert "absent.ini" in capsys.readouterr().err
+    (tmp_path / "bad").mkdir()
+    bad = write_inventory(tmp_path / "bad", launcher="mpirun")
+    assert main(["render", "-i", str(bad), "-o", str(out)]) == 1
+    assert "launcher" in capsys.readouterr().err
+    assert not out.exists()  # invalid input changes nothing
+    (tmp_path / "good").mkdir()
+    good = write_inventory(tmp_path / "good")
+    assert main(["render", "-i", str(good), "--host", "devserver-9", "-o", str(out)]) == 2
+    assert "devserver-9" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,0 +1,101 @@
+"""`llava-devserver render -i INVENTORY [--host H] -o DIR`: the launch files each server will run.
+
+Writes DIR/<host>/pretrain_new.sh and DIR/<host>/zero2.json for every server of `devservers` (or one),
+from the same renderer the llava_pretrain role uses: what you read here is byte-for-byte what runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from llava_devserver import config, inventory
+from llava_devserver.render import RenderError, render_job
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "render",
+        help="write each server's pretrain_new.sh and zero2.json for review",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-i", "--inventory", action="append", required=True, metavar="INVENTORY", help="inventory file or dir"
+    )
+    parser.add_argument("--host", metavar="H", help="only this server (inventory hostname)")
+    parser.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="output directory")
+    parser.add_argument(
+        "-e",
+        "--extra-vars",
+        action="append",
+        default=[],
+        metavar="VARS",
+        help="extra variables as ansible-playbook takes them (key=value, YAML/JSON, @file)",
+    )
+    parser.add_argument("--vault-password-file", metavar="FILE", help="to read vaulted variables")
+    parser.set_defaults(func=run)
+
+
+def render_fleet(
+    sources: list[str], extra_vars: list[str], vault_password_file: str | None
+) -> dict[str, dict[str, str]]:
+    """host -> {relative path under llava_dir: content}, for every server in inventory order.
+
+    Raises InventoryError, FleetValidationError or RenderError.
+    """
+    loaded = inventory.load_inventory(
+        sources, extra_vars=inventory.parse_extra_vars(extra_vars), vault_password_file=vault_password_file
+    )
+    fleet = config.validate_fleet(loaded.hosts, loaded.origins)
+    return {host.host: render_job(host.to_vars()) for host in fleet.hosts}
+
+
+def write_host_files(out_dir: Path, host: str, files: dict[str, str]) -> list[Path]:
+    """DIR/<host>/<file name>; the script executable, as the role installs it."""
+    host_dir = out_dir / host
+    host_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for relpath, content in files.items():
+        path = host_dir / PurePosixPath(relpath).name
+        path.write_text(content, encoding="utf-8")
+        if path.suffix == ".sh":
+            path.chmod(0o755)
+        written.append(path)
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        rendered = render_fleet(args.inventory, args.extra_vars, args.vault_password_file)
+    except inventory.InventoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except config.FleetValidationError as exc:
+        for error in exc.errors:
+            print(f"error: {error}", file=sys.stderr)
+        print("nothing rendered: fix the inventory (see `llava-devserver validate`)", file=sys.stderr)
+        return EXIT_INVALID
+    except RenderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.host is not None:
+        if args.host not in rendered:
+            known = ", ".join(rendered)
+            print(
+                f"error: --host {args.host}: not a server of devservers (servers: {known})", file=sys.stderr
+            )
+            return EXIT_USAGE
+        rendered = {args.host: rendered[args.host]}
+    try:
+        for host, files in rendered.items():
+            for path in write_host_files(args.output, host, files):
+                print(path)
+    except OSError as exc:
+        print(f"error: {exc.filename}: cannot write: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
