@@ -212,5 +212,8 @@ def render_job(settings: Mapping[str, Any]) -> dict[str, str]:
             raise RenderError(f"{host}: {template_name}: uses a setting that is missing: {exc}") from exc
         except jinja2.TemplateNotFound as exc:
             raise RenderError(f"templates: {exc.name} not found") from exc
-    json.loads(rendered["scripts/zero2.json"])  # a broken template must fail here, not in DeepSpeed
+    try:  # a broken template must fail here, not later inside DeepSpeed
+        json.loads(rendered["scripts/zero2.json"])
+    except json.JSONDecodeError as exc:
+        raise RenderError(f"{host}: zero2.json.j2 rendered invalid JSON: {exc}") from exc
     return rendered
