@@ -1,0 +1,259 @@
+"""Faults of a simulated DevServer, for negative tests: parse them, and apply them to a running server.
+
+A fault is written `KIND` or `KIND=VALUE`; on the command line `HOST:KIND[=VALUE]` where HOST is the
+inventory name (`devserver-2`), its number (`2`) or `all`.
+
+- `card-critical[=NPU]`: card NPU (default 0) reports health `Critical` in npu-smi;
+  `card-warning[=NPU]`, `card-alarm[=NPU]`: ... `Warning`, `Alarm`.
+- `fewer-cards[=K]`: K cards fewer (default 1: 7 of 8); the last ones vanish from npu-smi and /dev.
+- `driver-missing`: no /usr/local/Ascend/driver, no /dev/davinci*, no npu-smi (command not found).
+- `driver-version=X`: the driver (version.info, npu-smi) reports version X.
+- `npu-smi-8005`: every npu-smi call fails with the DCMI error -8005.
+- `ip-forward-0`: net.ipv4.ip_forward=0 now and `net.ipv4.ip_forward=0` in /etc/sysctl.conf (as the
+  guide shows). (Every server boots with ip_forward=0 anyway; this also persists it.)
+- `docker-preinstalled`: docker.io installed and dockerd running, with an existing /etc/docker/daemon.json
+  that makes the Ascend runtime the default (`default-runtime: ascend`; the runtime is a wrapper that
+  execs runc, so the engine works).
+- `device-bound[=NPU]`: docker-preinstalled + a running container `other-user-job` that holds
+  /dev/davinciNPU (default 0).
+
+Card and driver faults are edits of the npu-smi state file (/etc/npu-sim/state.json) followed by
+`npu-sim-sync`, which makes /dev and the driver tree match it; they survive a restart of the server.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import tarfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from docker.models.containers import Container
+
+STATE_PATH = "/etc/npu-sim/state.json"
+ASCEND_RUNTIME = "/usr/local/Ascend/Ascend-Docker-Runtime/ascend-docker-runtime"
+OTHER_JOB_CONTAINER = "other-user-job"
+OTHER_JOB_IMAGE = "sim/other-user-job:latest"
+
+HEALTH_FAULTS = {"card-critical": "Critical", "card-warning": "Warning", "card-alarm": "Alarm"}
+FAULT_KINDS: dict[str, str] = {
+    "card-critical": "card NPU (default 0) reports health Critical",
+    "card-warning": "card NPU (default 0) reports health Warning",
+    "card-alarm": "card NPU (default 0) reports health Alarm",
+    "fewer-cards": "K cards fewer (default 1: 7 of 8)",
+    "driver-missing": "no Ascend driver, device nodes or npu-smi",
+    "driver-version": "the driver reports version VALUE (required)",
+    "npu-smi-8005": "npu-smi fails with -8005",
+    "ip-forward-0": "net.ipv4.ip_forward=0, also in /etc/sysctl.conf",
+    "docker-preinstalled": "docker.io running with an Ascend-runtime daemon.json",
+    "device-bound": "docker-preinstalled + container other-user-job holding /dev/davinciNPU (default 0)",
+}
+# Faults whose server is best started from the image with docker.io already installed.
+DOCKER_FAULTS = frozenset({"docker-preinstalled", "device-bound"})
+_NEEDS_VALUE = frozenset({"driver-version"})
+_INT_VALUE = frozenset({*HEALTH_FAULTS, "fewer-cards", "device-bound"})
+_NO_VALUE = frozenset({"driver-missing", "npu-smi-8005", "ip-forward-0", "docker-preinstalled"})
+
+
+class FaultError(ValueError):
+    """A fault is misspelt, or could not be applied to a server."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    value: str | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}={self.value}"
+
+    @property
+    def npu(self) -> int:
+        """The card a card/device fault is about (default 0)."""
+        return int(self.value) if self.value is not None else 0
+
+
+def parse_fault(text: str) -> Fault:
+    """`card-critical=3` -> Fault('card-critical', '3'); raises FaultError naming the faults that exist."""
+    kind, sep, value = text.strip().partition("=")
+    kind = kind.strip()
+    if kind not in FAULT_KINDS:
+        known = ", ".join(FAULT_KINDS)
+        raise FaultError(f"unknown fault {kind!r} (known: {known})")
+    value = value.strip()
+    if kind in _NEEDS_VALUE and not value:
+        raise FaultError(f"fault {kind} needs a value: {kind}=VALUE")
+    if kind in _NO_VALUE and sep:
+        raise FaultError(f"fault {kind} takes no value (got {text!r})")
+    if kind in _INT_VALUE and value and not value.isdigit():
+        raise FaultError(f"fault {kind} takes a card number, got {value!r}")
+    return Fault(kind, value or None)
+
+
+def parse_host_fault(text: str, hosts: list[str]) -> list[tuple[str, Fault]]:
+    """`devserver-2:card-critical=3`, `2:fewer-cards` or `all:ip-forward-0` -> [(host, Fault), ...]."""
+    host, sep, fault_text = text.partition(":")
+    if not sep or not host or not fault_text:
+        raise FaultError(f"--fault {text!r}: write HOST:FAULT, e.g. devserver-2:card-critical=3")
+    fault = parse_fault(fault_text)
+    if host == "all":
+        return [(name, fault) for name in hosts]
+    if host.isdigit():
+        index = int(host)
+        if not 1 <= index <= len(hosts):
+            raise FaultError(f"--fault {text!r}: there is no server {index} (the fleet has {len(hosts)})")
+        return [(hosts[index - 1], fault)]
+    if host not in hosts:
+        raise FaultError(f"--fault {text!r}: no host {host!r} in the fleet ({', '.join(hosts)})")
+    return [(host, fault)]
+
+
+def edit_state(state: dict[str, Any], fault: Fault) -> dict[str, Any]:
+    """Return the npu-smi state with a card/driver/npu-smi fault applied (pure, unit-tested)."""
+    new = json.loads(json.dumps(state))
+    cards: list[dict[str, Any]] = new.setdefault("cards", [])
+    if fault.kind in HEALTH_FAULTS:
+        for card in cards:
+            if int(card["npu"]) == fault.npu:
+                card["health"] = HEALTH_FAULTS[fault.kind]
+                break
+        else:
+            raise FaultError(f"fault {fault}: the server has no card {fault.npu}")
+    elif fault.kind == "fewer-cards":
+        drop = fault.npu if fault.value is not None else 1
+        if drop > len(cards):
+            raise FaultError(f"fault {fault}: the server has only {len(cards)} cards")
+        del cards[len(cards) - drop :]
+    elif fault.kind == "driver-missing":
+        new["driver_installed"] = False
+    elif fault.kind == "driver-version":
+        new["driver_version"] = fault.value
+        new["npu_smi_version"] = fault.value
+    elif fault.kind == "npu-smi-8005":
+        new["error"] = "-8005"
+    else:
+        raise FaultError(f"fault {fault} is not a state fault")
+    return new
+
+
+STATE_FAULTS = frozenset({*HEALTH_FAULTS, "fewer-cards", "driver-missing", "driver-version", "npu-smi-8005"})
+
+
+# --- applying to a running server -------------------------------------------------------------------------
+
+
+def _name(container: Container) -> str:
+    return str(container.labels.get("llava-devserver.sim.host", container.name))
+
+
+def run_in(container: Container, script: str, what: str, timeout_s: int = 300) -> str:
+    """Run a shell script in the server; raise FaultError with its output when it fails."""
+    wrapped = f"timeout {timeout_s} bash -euo pipefail -c {shlex.quote(script)}"
+    code, output = container.exec_run(["bash", "-c", wrapped], user="root")
+    text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
+    if code != 0:
+        raise FaultError(f"{_name(container)}: {what} failed (exit {code}):\n{text[-2000:]}")
+    return text
+
+
+def put_file(container: Container, path: str, data: bytes, mode: int = 0o644) -> None:
+    """Write one file into the container (running or only created) through the Docker API."""
+    directory, _, name = path.rpartition("/")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+        tar.addfile(info, io.BytesIO(data))
+    if not container.put_archive(directory or "/", buffer.getvalue()):
+        raise FaultError(f"{_name(container)}: could not write {path}")
+
+
+def read_state(container: Container) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads(run_in(container, f"cat {STATE_PATH}", "reading the npu-smi state"))
+    return state
+
+
+def write_state(container: Container, state: dict[str, Any]) -> None:
+    put_file(container, STATE_PATH, (json.dumps(state, indent=2) + "\n").encode())
+    run_in(container, "/usr/local/sbin/npu-sim-sync", "syncing the fake hardware to the state")
+
+
+def apply_fault(container: Container, fault: Fault) -> None:
+    """Apply one fault to a running simulated server (idempotent)."""
+    if fault.kind in STATE_FAULTS:
+        write_state(container, edit_state(read_state(container), fault))
+    elif fault.kind == "ip-forward-0":
+        run_in(
+            container,
+            "sysctl -q -w net.ipv4.ip_forward=0; touch /etc/sysctl.conf;"
+            " sed -i '/^[[:space:]]*net\\.ipv4\\.ip_forward[[:space:]]*=/d' /etc/sysctl.conf;"
+            " echo net.ipv4.ip_forward=0 >> /etc/sysctl.conf",
+            "setting ip_forward=0",
+        )
+    elif fault.kind == "docker-preinstalled":
+        _preinstall_docker(container)
+    elif fault.kind == "device-bound":
+        _preinstall_docker(container)
+        _bind_device(container, fault.npu)
+    else:  # parse_fault keeps this unreachable
+        raise FaultError(f"unknown fault {fault}")
+
+
+DAEMON_JSON = {
+    "runtimes": {"ascend": {"path": ASCEND_RUNTIME, "runtimeArgs": []}},
+    "default-runtime": "ascend",
+    "log-opts": {"max-size": "100m"},
+}
+# The real Ascend Docker Runtime injects the NPUs and then runs runc; ours only runs runc.
+RUNTIME_WRAPPER = '#!/bin/sh\n# Simulated Ascend Docker Runtime: no devices to inject here.\nexec runc "$@"\n'
+
+_START_DOCKERD = """
+if ! docker info >/dev/null 2>&1; then
+  setsid dockerd >/var/log/dockerd.log 2>&1 </dev/null &
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && exit 0; sleep 1; done
+  echo "dockerd did not answer within 60 s:"; tail -n 30 /var/log/dockerd.log; exit 1
+fi
+"""
+
+
+def _preinstall_docker(container: Container) -> None:
+    run_in(
+        container,
+        "command -v dockerd >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive"
+        " apt-get install -y -qq --no-install-recommends docker.io >/dev/null; }",
+        "installing docker.io",
+        timeout_s=900,
+    )
+    run_in(container, f"mkdir -p {ASCEND_RUNTIME.rsplit('/', 1)[0]} /etc/docker", "creating directories")
+    put_file(container, ASCEND_RUNTIME, RUNTIME_WRAPPER.encode(), mode=0o755)
+    put_file(container, "/etc/docker/daemon.json", (json.dumps(DAEMON_JSON, indent=4) + "\n").encode())
+    run_in(container, _START_DOCKERD, "starting dockerd")
+
+
+# A one-binary image for the inner engine (it cannot pull): `sleep` and the libraries it links.
+_IMPORT_SLEEP_IMAGE = f"""
+if ! docker image inspect {OTHER_JOB_IMAGE} >/dev/null 2>&1; then
+  root=$(mktemp -d)
+  mkdir -p "$root/bin"
+  cp /usr/bin/sleep "$root/bin/sleep"
+  for lib in $(ldd /usr/bin/sleep | grep -o '/[^ ]*'); do cp --parents -L "$lib" "$root"; done
+  tar -C "$root" -c . | docker import - {OTHER_JOB_IMAGE} >/dev/null
+  rm -rf "$root"
+fi
+"""
+
+
+def _bind_device(container: Container, npu: int) -> None:
+    run_in(container, f"test -c /dev/davinci{npu}", f"finding /dev/davinci{npu} for device-bound")
+    run_in(container, _IMPORT_SLEEP_IMAGE, "importing the other user's image into the inner engine")
+    run_in(
+        container,
+        f"docker inspect {OTHER_JOB_CONTAINER} >/dev/null 2>&1"
+        f" && docker start {OTHER_JOB_CONTAINER} >/dev/null"
+        f" || docker run -d --name {OTHER_JOB_CONTAINER} --device=/dev/davinci{npu}"
+        f" {OTHER_JOB_IMAGE} /bin/sleep infinity >/dev/null",
+        f"starting {OTHER_JOB_CONTAINER} with /dev/davinci{npu}",
+    )

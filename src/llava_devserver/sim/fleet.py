@@ -1,0 +1,369 @@
+"""Start, list and remove simulated DevServer fleets (Docker containers on a private network).
+
+Docker objects of fleet NAME (all labelled `llava-devserver.sim.fleet=NAME`):
+- network `llava-sim-NAME` (bridge);
+- containers `llava-sim-NAME-devserver-I` (hostname and network alias `devserver-I`);
+- volumes `llava-sim-NAME-devserver-I-docker` at /var/lib/docker (the inner engine the roles install).
+
+The options are the ones that let a server run its own Docker engine without `--privileged` (refused here):
+SYS_ADMIN, NET_ADMIN and MKNOD, seccomp and AppArmor unconfined, the host's cgroup namespace with
+/sys/fs/cgroup mounted rw, a volume at /var/lib/docker and a tmpfs at /run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+
+from llava_devserver.sim import image as sim_image
+from llava_devserver.sim.faults import DOCKER_FAULTS, Fault, apply_fault, put_file
+from llava_devserver.sim.inventory import SimHost, SimJob, sim_group_vars, write_inventory
+
+PREFIX = "llava-sim"
+FLEET_LABEL = "llava-devserver.sim.fleet"
+HOST_LABEL = "llava-devserver.sim.host"
+INDEX_LABEL = "llava-devserver.sim.index"
+FAULTS_LABEL = "llava-devserver.sim.faults"
+DEFAULT_DRIVER = "23.0.5"
+SSH_TIMEOUT_S = 60
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+
+Log = Callable[[str], None]
+
+
+class FleetError(RuntimeError):
+    """A simulated fleet could not be started, found or removed."""
+
+
+@dataclass
+class FleetResult:
+    name: str
+    inventory: Path
+    hosts: list[SimHost]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def network_name(fleet: str) -> str:
+    return f"{PREFIX}-{fleet}"
+
+
+def host_name(index: int) -> str:
+    return f"devserver-{index}"
+
+
+def container_name(fleet: str, index: int) -> str:
+    return f"{PREFIX}-{fleet}-{host_name(index)}"
+
+
+def volume_name(fleet: str, index: int) -> str:
+    return f"{container_name(fleet, index)}-docker"
+
+
+def check_fleet_name(fleet: str) -> str:
+    if not _NAME.match(fleet):
+        raise FleetError(f"fleet name {fleet!r}: use 1-31 lowercase letters, digits and dashes")
+    return fleet
+
+
+def default_state(npus: int) -> dict[str, Any]:
+    from llava_devserver.npu_smi import default_sim_state
+
+    state = default_sim_state(npus, DEFAULT_DRIVER)
+    state["driver_installed"] = True
+    return state
+
+
+def _client() -> docker.DockerClient:
+    try:
+        client = docker.from_env(timeout=300)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise FleetError(
+            f"no Docker engine answers ({exc}); run scripts/ensure-docker.sh (as root) and retry"
+        ) from exc
+    return client
+
+
+def _order_key(container: Container) -> tuple[str, int]:
+    return container.labels.get(FLEET_LABEL, ""), int(container.labels.get(INDEX_LABEL, 0))
+
+
+def _fleet_containers(client: docker.DockerClient, fleet: str | None) -> list[Container]:
+    label = f"{FLEET_LABEL}={fleet}" if fleet else FLEET_LABEL
+    containers: list[Container] = client.containers.list(all=True, filters={"label": label})
+    return sorted(containers, key=_order_key)
+
+
+def _ensure_network(client: docker.DockerClient, fleet: str) -> Any:
+    name = network_name(fleet)
+    for network in client.networks.list(names=[name]):
+        if network.name == name:
+            return network
+    return client.networks.create(name, driver="bridge", labels={FLEET_LABEL: fleet}, check_duplicate=True)
+
+
+def _address(container: Container, fleet: str) -> str:
+    container.reload()
+    networks = container.attrs["NetworkSettings"]["Networks"]
+    address = networks.get(network_name(fleet), {}).get("IPAddress", "")
+    if not address:
+        raise FleetError(f"{container.name}: no address on network {network_name(fleet)}")
+    return str(address)
+
+
+def _create_server(
+    client: docker.DockerClient, fleet: str, index: int, image: str, npus: int, faults: list[Fault]
+) -> Container:
+    name = host_name(index)
+    labels = {
+        FLEET_LABEL: fleet,
+        HOST_LABEL: name,
+        INDEX_LABEL: str(index),
+        FAULTS_LABEL: ",".join(str(f) for f in faults),
+    }
+    volume = volume_name(fleet, index)
+    try:
+        client.volumes.get(volume)
+    except docker.errors.NotFound:
+        client.volumes.create(volume, labels={FLEET_LABEL: fleet})
+    container: Container = client.containers.create(
+        image,
+        name=container_name(fleet, index),
+        hostname=name,
+        labels=labels,
+        detach=True,
+        cap_add=["SYS_ADMIN", "NET_ADMIN", "MKNOD"],
+        security_opt=["seccomp=unconfined", "apparmor=unconfined"],
+        cgroupns="host",
+        volumes={
+            "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+            volume: {"bind": "/var/lib/docker", "mode": "rw"},
+        },
+        tmpfs={"/run": "rw,exec,nosuid,nodev,mode=755"},
+        network=network_name(fleet),
+        # Servers find each other by inventory name, as on a real cluster with DNS or /etc/hosts.
+        networking_config={
+            network_name(fleet): client.api.create_endpoint_config(aliases=[name]),
+        },
+    )
+    # The state is there before boot so that npu-sim-init creates the hardware it describes.
+    put_file(
+        container, "/etc/npu-sim/state.json", (json.dumps(default_state(npus), indent=2) + "\n").encode()
+    )
+    return container
+
+
+def _authorize_key(container: Container, public_key: bytes) -> None:
+    put_file(container, "/root/.ssh/authorized_keys", public_key, mode=0o600)
+
+
+def _wait_for_ssh(host: str, address: str, key: Path, deadline: float) -> None:
+    """Wait until sshd on the server accepts our key (bounded by the deadline)."""
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((address, 22), timeout=2) as sock:
+                banner = sock.recv(64)
+            if not banner.startswith(b"SSH-"):
+                last = f"unexpected banner {banner[:20]!r}"
+                raise OSError(last)
+            result = subprocess.run(
+                [
+                    "ssh", "-i", str(key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                    "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5",
+                    f"root@{address}", "true",
+                ],
+                capture_output=True, text=True, timeout=20, check=False,
+            )  # fmt: skip
+            if result.returncode == 0:
+                return
+            last = result.stderr.strip() or f"ssh exit {result.returncode}"
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            last = str(exc) or type(exc).__name__
+        time.sleep(0.3)
+    raise FleetError(f"{host} ({address}): SSH did not accept the fleet key within {SSH_TIMEOUT_S} s: {last}")
+
+
+def ensure_ssh_key(out_dir: Path, fleet: str) -> Path:
+    key = out_dir / "ssh" / "id_ed25519"
+    if key.exists() and key.with_suffix(".pub").exists():
+        return key
+    key.parent.mkdir(parents=True, exist_ok=True)
+    key.parent.chmod(0o700)
+    result = subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"llava-sim-{fleet}", "-f", str(key)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise FleetError(f"ssh-keygen could not write {key}: {result.stderr.strip()}")
+    return key
+
+
+def _prepare_job(client: docker.DockerClient, out_dir: Path, log: Log) -> SimJob:
+    """Build or reuse the stand-in package, assets and training image (the other half of the sim)."""
+    from llava_devserver.sim.assets import generate_assets
+    from llava_devserver.sim.standin import build_package
+    from llava_devserver.sim.training_image import ensure_training_image
+
+    started = time.monotonic()
+    package = build_package(out_dir / "package")
+    assets = generate_assets(out_dir / "assets")
+    training = ensure_training_image(client)
+    log(f"sim: job stand-ins ready in {time.monotonic() - started:.1f} s (image {training.tag})")
+    return SimJob(
+        package=package, assets=assets, image_tag=training.tag, image_archive=Path(training.archive)
+    )
+
+
+def fleet_up(
+    fleet: str,
+    n_hosts: int,
+    out_dir: Path,
+    faults: dict[str, list[Fault]] | None = None,
+    npus: int = 8,
+    devices_per_host: int = 2,
+    job: bool = True,
+    log: Log = print,
+) -> FleetResult:
+    """Start (or reuse) fleet `fleet` with n_hosts servers and write its inventory to out_dir."""
+    check_fleet_name(fleet)
+    if n_hosts < 1:
+        raise FleetError(f"--hosts must be >= 1, got {n_hosts}")
+    if not 1 <= npus <= 16:
+        raise FleetError(f"--npus must be 1..16, got {npus}")
+    if not 1 <= devices_per_host <= npus:
+        raise FleetError(f"--devices-per-host must be 1..{npus}, got {devices_per_host}")
+    faults = faults or {}
+    hosts = [host_name(i) for i in range(1, n_hosts + 1)]
+    unknown = sorted(set(faults) - set(hosts))
+    if unknown:
+        raise FleetError(f"faults for hosts not in the fleet: {', '.join(unknown)}")
+    out_dir = out_dir.resolve()
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    client = _client()
+
+    existing = _fleet_containers(client, fleet)
+    if existing and len(existing) != n_hosts:
+        raise FleetError(
+            f"fleet {fleet!r} already has {len(existing)} servers, not {n_hosts}; "
+            f"run `llava-devserver sim down --name {fleet}` first"
+        )
+
+    mark = time.monotonic()
+    server_image = sim_image.ensure_server_image(client)
+    needs_docker = any(f.kind in DOCKER_FAULTS for host_faults in faults.values() for f in host_faults)
+    docker_image = sim_image.ensure_docker_server_image(client) if needs_docker and not existing else None
+    timings["images"] = time.monotonic() - mark
+
+    job_stand_ins = _prepare_job(client, out_dir, log) if job else None
+    key = ensure_ssh_key(out_dir, fleet)
+    public_key = key.with_suffix(".pub").read_bytes()
+    _ensure_network(client, fleet)
+
+    mark = time.monotonic()
+    by_name = {c.labels.get(HOST_LABEL): c for c in existing}
+
+    def start(index: int) -> tuple[SimHost, bool]:
+        name = host_name(index)
+        container = by_name.get(name)
+        created = container is None
+        if container is None:
+            host_faults = faults.get(name, [])
+            wants_docker = any(f.kind in DOCKER_FAULTS for f in host_faults)
+            image = docker_image if wants_docker and docker_image else server_image
+            container = _create_server(client, fleet, index, image, npus, host_faults)
+        elif faults.get(name):
+            log(f"sim: {name} already runs; faults apply to the running server")
+        if container.status != "running":
+            container.start()
+        _authorize_key(container, public_key)
+        address = _address(container, fleet)
+        _wait_for_ssh(name, address, key, time.monotonic() + SSH_TIMEOUT_S)
+        for fault in faults.get(name, []):
+            apply_fault(container, fault)
+        return SimHost(name, address), created
+
+    with ThreadPoolExecutor(max_workers=min(n_hosts, 8)) as pool:
+        results = list(pool.map(start, range(1, n_hosts + 1)))
+    timings["servers"] = time.monotonic() - mark
+    sim_hosts = [host for host, _ in results]
+    created = sum(1 for _, was_created in results if was_created)
+
+    settings = sim_group_vars(n_hosts, npus, devices_per_host, job_stand_ins, DEFAULT_DRIVER)
+    inventory = write_inventory(out_dir, sim_hosts, key, fleet, settings, job=job)
+    timings["total"] = time.monotonic() - started
+    log(
+        f"sim: fleet {fleet!r}: {n_hosts} servers ({created} started, {n_hosts - created} reused) "
+        f"ready over SSH; images {timings['images']:.1f} s, servers {timings['servers']:.1f} s, "
+        f"total {timings['total']:.1f} s"
+    )
+    log(f"sim: inventory {inventory}")
+    return FleetResult(fleet, inventory, sim_hosts, timings)
+
+
+def fleet_containers(fleet: str | None = None) -> list[Container]:
+    """The servers of one fleet (or of all fleets), in fleet and index order."""
+    return _fleet_containers(_client(), fleet)
+
+
+def server(fleet: str, host: str) -> Container:
+    """The container of one simulated server, e.g. server('demo', 'devserver-2')."""
+    for container in _fleet_containers(_client(), fleet):
+        if container.labels.get(HOST_LABEL) == host:
+            return container
+    raise FleetError(f"fleet {fleet!r} has no server {host!r}")
+
+
+def fleet_status(fleet: str | None = None) -> list[dict[str, str]]:
+    rows = []
+    for container in _fleet_containers(_client(), fleet):
+        name = container.labels.get(FLEET_LABEL, "")
+        networks = container.attrs.get("NetworkSettings", {}).get("Networks", {})
+        rows.append(
+            {
+                "fleet": name,
+                "host": container.labels.get(HOST_LABEL, ""),
+                "container": container.name or "",
+                "status": container.status,
+                "address": networks.get(network_name(name), {}).get("IPAddress", ""),
+                "faults": container.labels.get(FAULTS_LABEL, ""),
+                "image": (container.image.tags or [container.image.id])[0] if container.image else "",
+            }
+        )
+    return rows
+
+
+def fleet_down(fleet: str | None = None, log: Log = print) -> list[str]:
+    """Remove the containers, volumes and network of one fleet (None: of every fleet). Returns their names."""
+    client = _client()
+    label = f"{FLEET_LABEL}={fleet}" if fleet else FLEET_LABEL
+    removed: list[str] = []
+    containers = _fleet_containers(client, fleet)
+
+    def remove(container: Container) -> str:
+        container.remove(force=True, v=True)
+        return str(container.name)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(containers), 8))) as pool:
+        removed += list(pool.map(remove, containers))
+    for volume in client.volumes.list(filters={"label": label}):
+        volume.remove(force=True)
+        removed.append(volume.name)
+    for network in client.networks.list(filters={"label": label}):
+        network.remove()
+        removed.append(network.name)
+    log(f"sim: removed {len(removed)} objects" + (f" of fleet {fleet!r}" if fleet else " of every fleet"))
+    return removed

@@ -1,0 +1,138 @@
+"""The inventory `sim up` writes: DIR/devserver.ini and DIR/group_vars/all.yml.
+
+It is an ordinary inventory, the same shape a user writes for real servers; it differs only in addresses,
+credentials and the paths of the stand-in package, image and assets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GROUP = "devservers"
+# Where the synthetic assets land inside the training container (a subfolder of container_work_dir).
+CONTAINER_WORK_DIR = "/home/ma-user/ws"
+CONTAINER_ASSETS = f"{CONTAINER_WORK_DIR}/sim-assets"
+ASSET_CONTAINER_PATHS = {
+    "llm": ("model_name_or_path", f"{CONTAINER_ASSETS}/llm"),
+    "vision_tower": ("vision_tower", f"{CONTAINER_ASSETS}/vision_tower"),
+    "pretrain_json": ("data_path", f"{CONTAINER_ASSETS}/blip_laion_cc_sbu_558k.json"),
+    "images": ("image_folder", f"{CONTAINER_ASSETS}/images"),
+}
+
+
+@dataclass(frozen=True)
+class SimHost:
+    name: str  # inventory name, also the server's hostname
+    address: str  # its IP on the fleet network
+
+
+@dataclass(frozen=True)
+class SimJob:
+    """The stand-ins the training job of a simulated fleet uses (paths on the control node)."""
+
+    package: Path
+    assets: dict[str, Path]
+    image_tag: str
+    image_archive: Path
+
+
+def device_range(devices_per_host: int) -> str:
+    if devices_per_host < 1:
+        raise ValueError(f"devices per host must be >= 1, got {devices_per_host}")
+    return "0" if devices_per_host == 1 else f"0-{devices_per_host - 1}"
+
+
+def render_ini(hosts: list[SimHost], key_path: Path, fleet: str) -> str:
+    lines = [
+        f"# Simulated DevServer fleet {fleet!r}, written by `llava-devserver sim up`.",
+        f"# Remove it with `llava-devserver sim down --name {fleet}`.",
+        f"[{GROUP}]",
+    ]
+    lines += [f"{host.name} ansible_host={host.address}" for host in hosts]
+    lines += [
+        "",
+        f"[{GROUP}:vars]",
+        "ansible_user=root",
+        f"ansible_ssh_private_key_file={key_path}",
+        # Every `sim up` of a new fleet has new host keys at the same addresses.
+        "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def sim_group_vars(
+    n_hosts: int, npus: int, devices_per_host: int, job: SimJob | None, driver_version: str
+) -> dict[str, Any]:
+    """The settings of a simulated fleet (the model in llava_devserver.config checks them like any other)."""
+    if devices_per_host > npus:
+        raise ValueError(f"devices per host ({devices_per_host}) exceed the cards per server ({npus})")
+    settings: dict[str, Any] = {
+        "npu_count": npus,
+        "npu_driver_version": driver_version,
+        # A few cards per server so that a 2-core machine can run the job on the CPU.
+        "npu_devices": device_range(devices_per_host),
+        "work_dir": "/data/llava-devserver",
+        "container_work_dir": CONTAINER_WORK_DIR,
+    }
+    if job is None:
+        return settings
+    per_device = 2
+    settings |= {
+        "ascendcloud_package": str(job.package),
+        "container_image": job.image_tag,
+        "container_image_archive": str(job.image_archive),
+        "assets": {key: {"source": "control", "path": str(path)} for key, path in sorted(job.assets.items())},
+    }
+    for key, (setting, container_path) in ASSET_CONTAINER_PATHS.items():
+        if key in job.assets:
+            settings[setting] = container_path
+    settings |= {
+        "output_dir": "./checkpoints/llava-sim-pretrain",
+        "per_device_train_batch_size": per_device,
+        "gradient_accumulation_steps": 1,
+        "global_batch_size": per_device * devices_per_host * n_hosts,
+        "learning_rate": 1e-3,
+        "max_steps": 20,
+        "save_steps": 10,
+        "model_max_length": 128,
+        "dataloader_num_workers": 0,
+        "launcher": "torchrun",
+    }
+    return settings
+
+
+def render_group_vars(settings: dict[str, Any], fleet: str, job: bool) -> str:
+    header = [
+        f"# Settings of the simulated fleet {fleet!r}, written by `llava-devserver sim up`.",
+        "# Same settings as for real DevServers; only the package, image and asset paths are stand-ins.",
+    ]
+    if not job:
+        header += [
+            "# INFRASTRUCTURE ONLY (`sim up --no-job`): no stand-in package, training image or assets were",
+            "# prepared, so ascendcloud_package and the job settings are missing and `validate`/site.yml",
+            "# will ask for them. Use it for ad-hoc Ansible, roles and fault tests; run `sim up` without",
+            "# --no-job for the whole job.",
+        ]
+    return "\n".join(header) + "\n---\n" + yaml.safe_dump(settings, sort_keys=False, default_flow_style=False)
+
+
+def write_inventory(
+    out_dir: Path,
+    hosts: list[SimHost],
+    key_path: Path,
+    fleet: str,
+    settings: dict[str, Any],
+    job: bool,
+) -> Path:
+    """Write DIR/devserver.ini and DIR/group_vars/all.yml; return the ini path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "group_vars").mkdir(exist_ok=True)
+    ini = out_dir / "devserver.ini"
+    ini.write_text(render_ini(hosts, key_path, fleet))
+    (out_dir / "group_vars" / "all.yml").write_text(render_group_vars(settings, fleet, job))
+    return ini
