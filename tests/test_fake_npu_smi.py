@@ -195,6 +195,7 @@ def test_non_contiguous_ids_and_power_unknown(tmp_path: Path) -> None:
     state = npu_smi.default_sim_state(8)
     state["cards"] = [copy.deepcopy(state["cards"][i]) | {"npu": npu} for i, npu in enumerate([1, 4, 6])]
     state["cards"][0]["power_w"] = None
+    state["cards"].reverse()  # printed by NPU id all the same
     info = npu_smi.parse_info(run_fake(tmp_path, state, "info").stdout)
     assert info.npu_ids == [1, 4, 6] and info.cards[0].power_w is None
     listed = npu_smi.parse_list(run_fake(tmp_path, state, "info", "-l").stdout)
@@ -231,3 +232,31 @@ def test_missing_or_broken_state_file(tmp_path: Path) -> None:
         check=False,
     )
     assert broken.returncode == 2 and "expected an object with a 'cards' list" in broken.stderr
+
+
+def test_inside_a_training_container_only_its_devices_show(tmp_path: Path) -> None:
+    """The container sees the driver directory's copy of the state and only the davinci nodes it was given."""
+    state = npu_smi.default_sim_state(8)
+    container_state = tmp_path / "driver" / "npu-sim-state.json"
+    container_state.parent.mkdir()
+    container_state.write_text(json.dumps(state))
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for npu in (1, 3):
+        (dev / f"davinci{npu}").touch()
+    env = {
+        "NPU_SIM_HOST_STATE": str(tmp_path / "absent.json"),
+        "NPU_SIM_CONTAINER_STATE": str(container_state),
+        "NPU_SIM_DEV_DIR": str(dev),
+    }
+    result = subprocess.run(
+        [sys.executable, str(FAKE), "info"], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert npu_smi.parse_info(result.stdout).npu_ids == [1, 3]
+    # On the server itself (its own state file) every card shows.
+    env["NPU_SIM_HOST_STATE"] = str(container_state)
+    on_host = subprocess.run(
+        [sys.executable, str(FAKE), "info"], env=env, capture_output=True, text=True, check=False
+    )
+    assert npu_smi.parse_info(on_host.stdout).npu_ids == list(range(8))
