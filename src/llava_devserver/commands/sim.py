@@ -1,0 +1,162 @@
+"""`llava-devserver sim up|status|fault|down`: the simulated DevServer fleet (llava_devserver.sim)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from llava_devserver.sim.faults import FAULT_KINDS, Fault, FaultError, apply_fault, parse_host_fault
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_FLEET = "default"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "sim",
+        help="a simulated DevServer fleet in local Docker",
+        description="Start, inspect and remove simulated DevServers (Docker containers with fake Ascend "
+        "hardware, reached over SSH like real servers).",
+    )
+    sim = parser.add_subparsers(dest="sim_command", metavar="SIM_COMMAND")
+    parser.set_defaults(func=lambda _args: (parser.print_help(sys.stderr), EXIT_USAGE)[1])
+
+    fault_help = "HOST:FAULT, HOST = devserver-N, N or all; FAULT one of: " + ", ".join(
+        f"{kind} ({text})" for kind, text in FAULT_KINDS.items()
+    )
+    up = sim.add_parser("up", help="start a fleet and write its inventory", description=up_description())
+    up.add_argument("--hosts", type=int, default=2, help="number of servers (default 2)")
+    up.add_argument("--name", default=DEFAULT_FLEET, help=f"fleet name (default {DEFAULT_FLEET})")
+    up.add_argument("-o", "--output", type=Path, help="inventory directory (default .sim/NAME)")
+    up.add_argument("--fault", action="append", default=[], metavar="HOST:FAULT", help=fault_help)
+    up.add_argument("--npus", type=int, default=8, help="cards per server (default 8)")
+    up.add_argument(
+        "--devices-per-host", type=int, default=2, help="cards given to the training container (default 2)"
+    )
+    up.add_argument(
+        "--no-job",
+        action="store_true",
+        help="infrastructure only: skip the stand-in package, assets and training image",
+    )
+    up.set_defaults(func=cmd_up)
+
+    status = sim.add_parser("status", help="list simulated servers")
+    status.add_argument("--name", help="only this fleet")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+    fault = sim.add_parser("fault", help="inject faults into running servers")
+    fault.add_argument("--name", default=DEFAULT_FLEET, help=f"fleet name (default {DEFAULT_FLEET})")
+    fault.add_argument("faults", nargs="+", metavar="HOST:FAULT", help=fault_help)
+    fault.set_defaults(func=cmd_fault)
+
+    down = sim.add_parser("down", help="remove a fleet (containers, volumes, network)")
+    which = down.add_mutually_exclusive_group()
+    which.add_argument("--name", default=None, help=f"fleet name (default {DEFAULT_FLEET})")
+    which.add_argument("--all", action="store_true", help="remove every simulated fleet")
+    down.set_defaults(func=cmd_down)
+
+
+def up_description() -> str:
+    return (
+        "Start N simulated DevServers on a private Docker network and write DIR/devserver.ini and "
+        "DIR/group_vars/all.yml. Running it again with the same name and size reuses the servers."
+    )
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> int:
+    print(f"sim: {message}", file=sys.stderr)
+    return code
+
+
+def _parse_faults(texts: list[str], hosts: list[str]) -> dict[str, list[Fault]]:
+    faults: dict[str, list[Fault]] = {}
+    for text in texts:
+        for host, fault in parse_host_fault(text, hosts):
+            faults.setdefault(host, []).append(fault)
+    return faults
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from llava_devserver.sim.fleet import FleetError, fleet_up, host_name
+    from llava_devserver.sim.image import SimImageError
+
+    if args.hosts < 1:
+        return _fail(f"--hosts must be >= 1, got {args.hosts}", EXIT_USAGE)
+    hosts = [host_name(i) for i in range(1, args.hosts + 1)]
+    try:
+        faults = _parse_faults(args.fault, hosts)
+    except FaultError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    output = args.output or Path(".sim") / args.name
+    try:
+        fleet_up(
+            args.name,
+            args.hosts,
+            output,
+            faults=faults,
+            npus=args.npus,
+            devices_per_host=args.devices_per_host,
+            job=not args.no_job,
+        )
+    except ModuleNotFoundError as exc:
+        return _fail(f"the job stand-ins are not available ({exc}); use --no-job for servers only")
+    except (FleetError, FaultError, SimImageError) as exc:
+        return _fail(str(exc))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from llava_devserver.sim.fleet import FleetError, fleet_status
+
+    try:
+        rows = fleet_status(args.name)
+    except FleetError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no simulated servers" + (f" in fleet {args.name!r}" if args.name else ""))
+        return EXIT_OK
+    columns = ("fleet", "host", "status", "address", "faults", "container")
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(row[c].ljust(widths[c]) for c in columns))
+    return EXIT_OK
+
+
+def cmd_fault(args: argparse.Namespace) -> int:
+    from llava_devserver.sim.fleet import HOST_LABEL, FleetError, fleet_containers
+
+    try:
+        containers = {c.labels.get(HOST_LABEL): c for c in fleet_containers(args.name)}
+        if not containers:
+            return _fail(f"no fleet {args.name!r}; start it with `llava-devserver sim up --name {args.name}`")
+        faults = _parse_faults(args.faults, sorted(containers, key=lambda h: int(h.rsplit("-", 1)[1])))
+    except FaultError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except FleetError as exc:
+        return _fail(str(exc))
+    try:
+        for host, host_faults in faults.items():
+            for fault in host_faults:
+                apply_fault(containers[host], fault)
+                print(f"sim: {host}: {fault}")
+    except FaultError as exc:
+        return _fail(str(exc))
+    return EXIT_OK
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from llava_devserver.sim.fleet import FleetError, fleet_down
+
+    try:
+        fleet_down(None if args.all else (args.name or DEFAULT_FLEET))
+    except FleetError as exc:
+        return _fail(str(exc))
+    return EXIT_OK
