@@ -263,16 +263,17 @@ class Assets(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     llm: AssetSource = Field(
-        default_factory=lambda: AssetSource(), description="The language model (model_name_or_path)."
+        default_factory=lambda: AssetSource.model_validate({}),
+        description="The language model (model_name_or_path).",
     )
     vision_tower: AssetSource = Field(
-        default_factory=lambda: AssetSource(), description="The CLIP vision tower."
+        default_factory=lambda: AssetSource.model_validate({}), description="The CLIP vision tower."
     )
     pretrain_json: AssetSource = Field(
-        default_factory=lambda: AssetSource(), description="The caption file (data_path)."
+        default_factory=lambda: AssetSource.model_validate({}), description="The caption file (data_path)."
     )
     images: AssetSource = Field(
-        default_factory=lambda: AssetSource(), description="The image folder (image_folder)."
+        default_factory=lambda: AssetSource.model_validate({}), description="The image folder (image_folder)."
     )
 
 
@@ -806,12 +807,33 @@ def validate_fleet(
             parsed[host] = Settings.model_validate(values)
         except ValidationError as exc:
             errors.extend(_pydantic_errors(host, exc, host_origins))
+    errors = _collapse_shared(errors, list(raw))
     if len(parsed) == len(raw):
         fleet, fleet_errors = _derive(parsed)
         errors.extend(fleet_errors)
         if not errors and fleet is not None:
             return fleet
     raise FleetValidationError(errors)
+
+
+def _collapse_shared(errors: list[ConfigError], hosts: list[str]) -> list[ConfigError]:
+    """An error every server shares (a group_vars value) is said once, as `fleet`, not once per server."""
+    if len(hosts) < 2:
+        return errors
+    sharing: dict[tuple[str, str, str | None], set[str]] = {}
+    for error in errors:
+        sharing.setdefault((error.setting, error.message, error.origin), set()).add(error.host)
+    shared = {key for key, names in sharing.items() if names >= set(hosts)}
+    result: list[ConfigError] = []
+    for error in errors:
+        key = (error.setting, error.message, error.origin)
+        if key not in shared:
+            result.append(error)
+        elif error.host == hosts[0]:
+            result.append(
+                ConfigError(FLEET, error.setting, f"{error.message} (on every server)", error.origin)
+            )
+    return result
 
 
 def _derive(parsed: dict[str, Settings]) -> tuple[FleetSettings | None, list[ConfigError]]:

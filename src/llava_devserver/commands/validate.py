@@ -1,0 +1,86 @@
+"""`llava-devserver validate` (every mistake of an inventory at once) and `llava-devserver schema`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from llava_devserver.config import FleetValidationError, json_schema, validate_fleet
+from llava_devserver.inventory import InventoryError, load_inventory, parse_extra_vars
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def register(subparsers: Any) -> None:
+    validate = subparsers.add_parser(
+        "validate",
+        help="check an inventory: every error at once, as HOST: SETTING: message",
+        description="Read the inventory as Ansible does and check every setting of the group devservers. "
+        "Exit 0: valid; 1: invalid; 2: unreadable inventory or wrong command line.",
+    )
+    validate.add_argument(
+        "-i", "--inventory", action="append", required=True, metavar="INVENTORY", help="file or directory"
+    )
+    validate.add_argument(
+        "-e",
+        "--extra-vars",
+        action="append",
+        default=[],
+        metavar="VARS",
+        help="override settings as ansible-playbook -e does: key=value, YAML/JSON, or @file",
+    )
+    validate.add_argument("--vault-password-file", metavar="FILE", help="to read vault-encrypted settings")
+    validate.add_argument("--format", choices=("text", "json"), default="text")
+    validate.add_argument(
+        "--show", action="store_true", help="text format: also print the normalized settings (no secrets)"
+    )
+    validate.set_defaults(func=run_validate)
+
+    schema = subparsers.add_parser("schema", help="print the JSON schema of the settings")
+    schema.set_defaults(func=run_schema)
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    try:
+        extra = parse_extra_vars(args.extra_vars)
+        inventory = load_inventory(
+            args.inventory, extra_vars=extra, vault_password_file=args.vault_password_file
+        )
+    except InventoryError as exc:
+        if args.format == "json":
+            print(json.dumps({"valid": False, "unreadable": str(exc), "errors": [], "hosts": {}}, indent=2))
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        fleet = validate_fleet(inventory.hosts, inventory.origins)
+    except FleetValidationError as exc:
+        if args.format == "json":
+            errors = [e.as_dict() for e in exc.errors]
+            print(json.dumps({"valid": False, "unreadable": None, "errors": errors, "hosts": {}}, indent=2))
+        else:
+            for error in exc.errors:
+                print(error)
+            print(f"{len(exc.errors)} error(s) in {', '.join(inventory.sources)}", file=sys.stderr)
+        return EXIT_INVALID
+    llava = fleet.to_vars()
+    if args.format == "json":
+        print(json.dumps({"valid": True, "unreadable": None, "errors": [], "hosts": llava}, indent=2))
+    else:
+        first = fleet.hosts[0]
+        print(
+            f"valid: {len(fleet.hosts)} server(s), {first.nproc_per_node} NPU(s) each, world size "
+            f"{first.world_size}, master {first.master_addr}:{first.settings.master_port}, "
+            f"global batch {first.settings.global_batch_size} = {first.settings.per_device_train_batch_size} "
+            f"x {first.gradient_accumulation_steps} x {first.world_size}"
+        )
+        if args.show:
+            print(json.dumps(llava, indent=2))
+    return EXIT_OK
+
+
+def run_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK

@@ -1,0 +1,203 @@
+"""Read an inventory exactly as Ansible does (INI/YAML + group_vars + host_vars) and hand our settings out.
+
+Ansible's own InventoryManager/VariableManager/DataLoader do the reading, so precedence, `children`,
+INI value parsing and vars plugins behave as in `ansible-playbook`. Only play-adjacent group_vars (next to a
+playbook) are not seen: there is no playbook here. Values of our settings that are templates are rendered
+with the host's variables, as Ansible would when a task reads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llava_devserver.config import GROUP, KNOWN_SETTINGS, UnresolvedValue
+
+
+class InventoryError(Exception):
+    """The inventory could not be read (missing file, broken INI/YAML, no `devservers` group)."""
+
+
+@dataclass
+class FleetInventory:
+    """Per host of `devservers` (inventory order): its variables, and where our settings were written."""
+
+    sources: list[str]
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    origins: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _strict_inventory_parsing(failures: list[str]) -> Iterator[None]:
+    """Make an unparsable source an error, not a warning and an empty inventory; collect the reasons.
+
+    Ansible reports why each inventory plugin failed as warnings on stderr; they are collected instead so
+    that the error names the cause once.
+    """
+    from ansible import constants as C
+    from ansible.inventory import manager
+
+    def collect(msg: str, exception: BaseException | None = None, **_: Any) -> None:
+        reason = getattr(exception, "message", None) or str(exception or "")
+        failures.append(f"{msg} {reason.strip()}".strip())
+
+    saved = C.INVENTORY_UNPARSED_IS_FAILED, C.INVENTORY_ANY_UNPARSED_IS_FAILED
+    saved_report = manager.display.error_as_warning
+    C.INVENTORY_UNPARSED_IS_FAILED = C.INVENTORY_ANY_UNPARSED_IS_FAILED = True
+    manager.display.error_as_warning = collect
+    try:
+        yield
+    finally:
+        C.INVENTORY_UNPARSED_IS_FAILED, C.INVENTORY_ANY_UNPARSED_IS_FAILED = saved
+        manager.display.error_as_warning = saved_report
+
+
+def _plain(value: Any) -> Any:
+    """Ansible's tagged values (2.19 data tagging) as plain JSON-able Python; tuples from INI become lists."""
+    from ansible.module_utils._internal._datatag import AnsibleTagHelper
+
+    if isinstance(value, Mapping):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return AnsibleTagHelper.untag(value)
+    return str(value)  # e.g. a vaulted string: decrypting may fail, the caller turns that into an error
+
+
+def _origin(value: Any) -> str | None:
+    try:  # Origin is internal to ansible-core 2.19; without it errors just lack the file name
+        from ansible._internal._datatag._tags import Origin
+    except ImportError:  # pragma: no cover
+        return None
+    tag = Origin.get_tag(value)
+    if tag is None or not tag.path:
+        return None
+    path = _display_path(tag.path)
+    return f"{path}:{tag.line_num}" if tag.line_num else path
+
+
+@functools.lru_cache(maxsize=256)
+def _display_path(path: str) -> str:
+    """Relative to the working directory when below it (shorter errors), else absolute."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
+def _may_be_template(value: Any) -> bool:
+    """Cheap pre-check: most values are plain, and building a templar per host costs more than the rest."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, Mapping):
+        return any(_may_be_template(k) or _may_be_template(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_may_be_template(v) for v in value)
+    return False
+
+
+def parse_extra_vars(items: Sequence[str], loader: Any | None = None) -> dict[str, Any]:
+    """`-e` as ansible-playbook takes it: `key=value ...`, a YAML/JSON mapping, or `@file`."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.parsing.splitter import parse_kv
+
+    loader = loader or DataLoader()
+    extra: dict[str, Any] = {}
+    for item in items:
+        text = item.strip()
+        try:
+            if text.startswith("@"):
+                data = loader.load_from_file(text[1:])
+            elif text.startswith(("{", "[")):
+                data = loader.load(text)
+            else:
+                data = parse_kv(text)
+        except Exception as exc:
+            raise InventoryError(f"extra vars {item!r}: {exc}") from exc
+        if not isinstance(data, Mapping):
+            raise InventoryError(f"extra vars {item!r}: not a mapping of variables")
+        extra.update(data)
+    return extra
+
+
+def load_inventory(
+    sources: str | Path | Sequence[str | Path],
+    extra_vars: Mapping[str, Any] | None = None,
+    vault_password_file: str | Path | None = None,
+) -> FleetInventory:
+    """The variables of every host of `devservers`, resolved by Ansible, in inventory order.
+
+    Raises InventoryError when the inventory cannot be read.
+    """
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar
+    from ansible.vars.manager import VariableManager
+
+    paths = [str(sources)] if isinstance(sources, str | Path) else [str(s) for s in sources]
+    for path in paths:
+        if not os.path.exists(path):
+            raise InventoryError(f"{path}: no such inventory file or directory")
+        if not os.access(path, os.R_OK):
+            raise InventoryError(f"{path}: not readable")
+
+    loader = DataLoader()
+    if vault_password_file is not None:
+        from ansible.parsing.vault import get_file_vault_secret
+
+        try:
+            secret = get_file_vault_secret(filename=str(vault_password_file), loader=loader)
+            secret.load()
+        except AnsibleError as exc:
+            raise InventoryError(f"{vault_password_file}: {exc.message}") from exc
+        loader.set_vault_secrets([("default", secret)])
+
+    result = FleetInventory(sources=paths)
+    failures: list[str] = []
+    try:
+        try:
+            with _strict_inventory_parsing(failures):
+                inventory = InventoryManager(loader=loader, sources=paths)
+        except AnsibleError as exc:
+            raise InventoryError("; ".join([str(exc.message), *failures])) from exc
+        if GROUP not in inventory.groups:
+            raise InventoryError(f"{', '.join(paths)}: no group [{GROUP}] (the servers must be in it)")
+        manager = VariableManager(loader=loader, inventory=inventory)
+        for host in inventory.groups[GROUP].get_hosts():
+            variables = manager.get_vars(host=host, include_hostvars=False)
+            variables.update(extra_vars or {})
+            result.hosts[host.name], result.origins[host.name] = _our_settings(variables, Templar, loader)
+    except AnsibleError as exc:  # broken INI/YAML in the inventory, group_vars or host_vars
+        raise InventoryError(str(exc).strip()) from exc
+    return result
+
+
+def _our_settings(
+    variables: dict[str, Any], templar_type: Any, loader: Any
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Our settings rendered and made plain; other variables kept as they are (only their names matter)."""
+    from ansible.errors import AnsibleError
+
+    templar = None
+    values: dict[str, Any] = dict(variables)
+    origins: dict[str, str] = {}
+    for name in KNOWN_SETTINGS:
+        if name not in variables:
+            continue
+        raw = variables[name]
+        origin = _origin(raw)
+        if origin:
+            origins[name] = origin
+        try:
+            if _may_be_template(raw):
+                templar = templar or templar_type(loader=loader, variables=variables)
+                raw = templar.template(raw)
+            values[name] = _plain(raw)
+        except AnsibleError as exc:  # an undefined variable in a template, an undecryptable vault value
+            values[name] = UnresolvedValue(exc.message.splitlines()[0] if exc.message else type(exc).__name__)
+    return values, origins
