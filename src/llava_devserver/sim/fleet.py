@@ -285,8 +285,12 @@ def fleet_up(
             wants_docker = any(f.kind in DOCKER_FAULTS for f in host_faults)
             image = docker_image if wants_docker and docker_image else server_image
             container = _create_server(client, fleet, index, image, npus, host_faults)
-        elif faults.get(name):
-            log(f"sim: {name} already runs; faults apply to the running server")
+        else:
+            if faults.get(name):
+                log(f"sim: {name} already exists; faults apply to the running server")
+            used = str(container.attrs.get("Config", {}).get("Image", ""))
+            if used.startswith(sim_image.SERVER_REPOSITORY + ":") and used != server_image:
+                log(f"sim: {name} runs an older server image ({used}); `sim down --name {fleet}` to refresh")
         if container.status != "running":
             container.start()
         _authorize_key(container, public_key)
