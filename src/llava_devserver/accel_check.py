@@ -640,7 +640,7 @@ def measure_device(state: CheckState, torch: Any, accelerator: str, index: int, 
         if fault == "fail":
             raise RuntimeError(f"injected fault ({FAULT_ENV}=fail:{state.launch.rank})")
         if fault == "exit":
-            sys.stderr.write(f"accel-check rank {state.launch.rank}: injected hard exit\n")
+            sys.stderr.write(f"accel-check[rank {state.launch.rank}] injected hard exit\n")
             sys.stderr.flush()
             os._exit(EXIT_FAIL)
         tflops = matmul_tflops(torch, accelerator, index, state.opts.matmul_size, state.opts.matmul_seconds)
@@ -682,11 +682,13 @@ def matmul_tflops(torch: Any, accelerator: str, index: int, size: int, seconds: 
             torch.matmul(a, b, out=out)
         sync()
         samples.append((time.perf_counter() - start) / per_sample)
-    return 2.0 * size**3 / statistics.median(samples) / 1e12
+    # The best sample: what the device can do; a slow card is slow in every sample, while a
+    # preempted process (shared CPU, a busy host) is slow in only some.
+    return 2.0 * size**3 / min(samples) / 1e12
 
 
 def _stall_forever(state: CheckState) -> None:
-    sys.stderr.write(f"accel-check rank {state.launch.rank}: injected stall before the all_reduce\n")
+    sys.stderr.write(f"accel-check[rank {state.launch.rank}] injected stall (phase {state.phase!r})\n")
     sys.stderr.flush()
     while True:
         time.sleep(3600)
@@ -832,6 +834,10 @@ def run_check(state: CheckState) -> int:
 
         if dist is None:
             state.rank_reports = [state.report]
+            if state.fault_kind_here() == "stall":
+                # Alone there is no collective to stall in: this exercises the watchdog itself.
+                state.enter("injected stall")
+                _stall_forever(state)
             return finish(state)
 
         gathered: list[Any] = [None] * launch.world_size
@@ -939,7 +945,7 @@ def finish(state: CheckState, extra_problem: str | None = None, reason: str | No
             # The host's verdict comes from its local rank 0; other ranks only say what they saw themselves.
             seen = state.report["problems"] + ([extra_problem] if extra_problem else [])
             for problem in seen:
-                sys.stderr.write(f"accel-check rank {state.launch.rank} ({state.host}): {problem}\n")
+                sys.stderr.write(f"accel-check[rank {state.launch.rank}] {state.host}: {problem}\n")
         sys.stderr.flush()
         return code
 
