@@ -727,7 +727,9 @@ def is_ansible_variable(name: str) -> bool:
     return name.startswith(ANSIBLE_PREFIXES) or name in ANSIBLE_NAMES
 
 
-def unknown_setting_errors(host: str, names: Iterable[str]) -> list[ConfigError]:
+def unknown_setting_errors(
+    host: str, names: Iterable[str], origins: Mapping[str, str] | None = None
+) -> list[ConfigError]:
     """A name close to one of ours is a typo; anything else that is not ours belongs to someone else."""
     errors = []
     lowered = {known.lower(): known for known in KNOWN_SETTINGS}
@@ -739,7 +741,9 @@ def unknown_setting_errors(host: str, names: Iterable[str]) -> list[ConfigError]
             close = difflib.get_close_matches(name.lower(), lowered, n=1, cutoff=SUGGESTION_CUTOFF)
             match = lowered[close[0]] if close else None
         if match is not None:
-            errors.append(ConfigError(host, name, f"unknown setting; did you mean {match}?"))
+            errors.append(
+                ConfigError(host, name, f"unknown setting; did you mean {match}?", (origins or {}).get(name))
+            )
     return errors
 
 
@@ -800,7 +804,7 @@ def validate_fleet(
         raise FleetValidationError([ConfigError(FLEET, GROUP, f"the group {GROUP} has no hosts")])
     for host, variables in raw.items():
         host_origins = origins.get(host, {})
-        errors.extend(unknown_setting_errors(host, variables.keys()))
+        errors.extend(unknown_setting_errors(host, variables.keys(), host_origins))
         values, value_errors = _host_input(host, variables)
         errors.extend(value_errors)
         try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llava_devserver.config import GROUP, KNOWN_SETTINGS, UnresolvedValue
+from llava_devserver.config import GROUP, KNOWN_SETTINGS, UnresolvedValue, is_ansible_variable
 
 
 class InventoryError(Exception):
@@ -57,20 +57,20 @@ def _strict_inventory_parsing(failures: list[str]) -> Iterator[None]:
         manager.display.error_as_warning = saved_report
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Ansible's tagged values (2.19 data tagging) as plain JSON-able Python; tuples from INI become lists."""
     from ansible.module_utils._internal._datatag import AnsibleTagHelper
 
     if isinstance(value, Mapping):
-        return {_plain(k): _plain(v) for k, v in value.items()}
+        return {plain(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if value is None or isinstance(value, bool | int | float | str):
         return AnsibleTagHelper.untag(value)
     return str(value)  # e.g. a vaulted string: decrypting may fail, the caller turns that into an error
 
 
-def _origin(value: Any) -> str | None:
+def origin_of(value: Any) -> str | None:
     try:  # Origin is internal to ansible-core 2.19; without it errors just lack the file name
         from ansible._internal._datatag._tags import Origin
     except ImportError:  # pragma: no cover
@@ -186,18 +186,20 @@ def _our_settings(
     templar = None
     values: dict[str, Any] = dict(variables)
     origins: dict[str, str] = {}
+    for name, raw in variables.items():  # where our settings and look-alikes (typos) were written
+        if not is_ansible_variable(name):
+            origin = origin_of(raw)
+            if origin:
+                origins[name] = origin
     for name in KNOWN_SETTINGS:
         if name not in variables:
             continue
         raw = variables[name]
-        origin = _origin(raw)
-        if origin:
-            origins[name] = origin
         try:
             if _may_be_template(raw):
                 templar = templar or templar_type(loader=loader, variables=variables)
                 raw = templar.template(raw)
-            values[name] = _plain(raw)
+            values[name] = plain(raw)
         except AnsibleError as exc:  # an undefined variable in a template, an undecryptable vault value
             values[name] = UnresolvedValue(exc.message.splitlines()[0] if exc.message else type(exc).__name__)
     return values, origins
