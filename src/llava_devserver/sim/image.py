@@ -14,6 +14,7 @@ unchanged one is reused (a lookup, well under a second).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import io
@@ -257,6 +258,17 @@ def _server_dockerfile(base_tag: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _prune_older(client: docker.DockerClient, tag: str) -> None:
+    """Remove earlier builds of the same repository (other hashes) that no container uses any more."""
+    repository = tag.split(":", 1)[0]
+    for old in client.images.list(name=repository):
+        for old_tag in old.tags:
+            if old_tag.split(":", 1)[0] == repository and old_tag != tag:
+                # Still used by a container or a child image: Docker refuses, and we keep it.
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(old_tag)
+
+
 def _build_from_context(client: docker.DockerClient, tag: str, files: dict[str, bytes]) -> None:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -271,6 +283,7 @@ def _build_from_context(client: docker.DockerClient, tag: str, files: dict[str, 
     except docker.errors.BuildError as exc:
         log = "".join(str(chunk.get("stream", chunk.get("error", ""))) for chunk in exc.build_log)
         raise SimImageError(f"building {tag} failed: {exc}\n{log[-3000:]}") from exc
+    _prune_older(client, tag)
 
 
 def ensure_server_image(client: docker.DockerClient) -> str:
