@@ -574,6 +574,13 @@ class Settings(BaseModel):
             env[name] = str(setting).lower() if isinstance(setting, bool) else str(setting)
         return env
 
+    @field_validator("max_steps")
+    @classmethod
+    def _max_steps(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("0 would train nothing; use -1 (the epochs decide) or a number of steps")
+        return value
+
     @field_validator("hf_endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
