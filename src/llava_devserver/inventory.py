@@ -147,6 +147,7 @@ def load_inventory(
             raise InventoryError(f"{path}: not readable")
 
     loader = DataLoader()
+    secrets: list[tuple[str, Any]] = []
     if vault_password_file is not None:
         from ansible.parsing.vault import get_file_vault_secret
 
@@ -155,7 +156,9 @@ def load_inventory(
             secret.load()
         except AnsibleError as exc:
             raise InventoryError(f"{vault_password_file}: {exc.message}") from exc
-        loader.set_vault_secrets([("default", secret)])
+        secrets.append(("default", secret))
+    loader.set_vault_secrets(secrets)
+    _use_vault_secrets(secrets)
 
     result = FleetInventory(sources=paths)
     failures: list[str] = []
@@ -175,6 +178,18 @@ def load_inventory(
     except AnsibleError as exc:  # broken INI/YAML in the inventory, group_vars or host_vars
         raise InventoryError(str(exc).strip()) from exc
     return result
+
+
+def _use_vault_secrets(secrets: list[tuple[str, Any]]) -> None:
+    """Vaulted values decrypt lazily through a process-wide context (ansible-core 2.19) that Ansible sets
+    once; here each load sets its own secrets (none: a vaulted value is reported, never decrypted)."""
+    from ansible.parsing.vault import VaultSecretsContext
+
+    current = VaultSecretsContext.current(optional=True)
+    if current is None:
+        VaultSecretsContext.initialize(VaultSecretsContext(secrets))
+    else:
+        current.secrets = secrets
 
 
 def _our_settings(
