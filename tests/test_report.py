@@ -157,6 +157,22 @@ def test_write_report(tmp_path: Path) -> None:
     assert latest.is_symlink() and latest.resolve() == run_dir
 
 
+def test_cells_from_the_facts_the_roles_publish() -> None:
+    # the shapes npu_check and docker_engine set (roles/*/tasks/main.yml)
+    cards = [{"npu": i, "name": "910B3", "health": "OK" if i != 3 else "Alarm"} for i in range(8)]
+    npu = {"npu_count_found": 8, "cards": cards, "driver_version": "23.0.7", "problems": ["NPU 3: Alarm"]}
+    assert report.npu_cell(npu) == "8× 910B3, 7 OK, not OK: NPU 3 Alarm, 1 problem(s)"
+    host = {"ip_forward": 1, "docker_installed_by_role": True, "docker_daemon_mode": "systemd"}
+    assert report.docker_cell(host, None) == "installed (systemd)"
+    assert report.docker_cell({"ip_forward": 1}, None) == ""
+    assert report.container_cell({"name": "llava", "status": "running", "image": "x"}) == "llava (running)"
+    job = {"state": "running", "step": 5, "total_steps": 9, "samples_per_s": 3}
+    outcome = report.HostOutcome("n", {"ok": 1}, facts={"job": job})
+    entry = report.build_report(Path("/nonexistent-run"), [outcome])["hosts"][0]
+    row = report.render_markdown({**report.build_report(Path("/nonexistent-run"), []), "hosts": [entry]})
+    assert "| running, 3.0 samples/s | 5/9 |" in row
+
+
 def test_report_without_logs_has_no_plot(tmp_path: Path) -> None:
     run_dir = tmp_path / "elsewhere"
     paths = report.write_report(run_dir, [report.HostOutcome("node-1", {"ok": 2})])

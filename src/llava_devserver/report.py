@@ -266,18 +266,32 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _card_health(card: Any) -> str | None:
+    return str(_pick(card, "health", "Health")) if isinstance(card, Mapping) else None
+
+
 def npu_cell(npu: Any) -> str:
+    """The NPU cell, e.g. `8× 910B3, 8 OK`, from npu_check's fact (a card list) or ready-made counts."""
     if not isinstance(npu, Mapping):
         return _text(npu)
     summary = _pick(npu, "summary")
     if summary:
         return _text(summary)
-    count = _pick(npu, "count", "npu_count", "cards")
-    if isinstance(count, list):
-        count = len(count)
-    chip = _pick(npu, "chip", "chip_name", "model")
+    cards = npu.get("cards")
+    card_list = [c for c in cards if isinstance(c, Mapping)] if isinstance(cards, list) else []
+    count = _pick(npu, "count", "npu_count_found", "npu_count", "total_count")
+    if count is None and isinstance(cards, list):
+        count = len(cards)
+    chip = _pick(npu, "chip", "chip_name", "model") or next(
+        (_pick(c, "chip", "name", "chip_name") for c in card_list if _pick(c, "chip", "name", "chip_name")),
+        None,
+    )
     healthy = _pick(npu, "healthy", "ok_count")
     unhealthy = _pick(npu, "unhealthy", "bad_cards")
+    if card_list and healthy is None:
+        healthy = sum(1 for c in card_list if _card_health(c) == "OK")
+        bad = [f"NPU {_text(_pick(c, 'npu', 'id'))} {h}" for c in card_list if (h := _card_health(c)) != "OK"]
+        unhealthy = unhealthy or bad
     parts = [
         f"{count}× {chip}" if count is not None and chip else _text(count if count is not None else chip)
     ]
@@ -288,7 +302,22 @@ def npu_cell(npu: Any) -> str:
     health = _pick(npu, "health")
     if health is not None and healthy is None:
         parts.append(_text(health))
+    problems = npu.get("problems")
+    if isinstance(problems, list) and problems:
+        parts.append(f"{len(problems)} problem(s)")
     return ", ".join(p for p in parts if p)
+
+
+def docker_cell(host_facts: Any, docker: Any) -> str:
+    version = _pick(host_facts, "docker_version", "docker") or _pick(docker, "version")
+    if version is not None or not isinstance(host_facts, Mapping):
+        return _text(version)
+    # The docker_engine role records how it found the engine rather than a version.
+    if "docker_installed_by_role" not in host_facts and "docker_daemon_mode" not in host_facts:
+        return ""
+    how = "installed" if host_facts.get("docker_installed_by_role") else "present"
+    mode = host_facts.get("docker_daemon_mode")
+    return f"{how} ({mode})" if mode else how
 
 
 def container_cell(container: Any) -> str:
@@ -344,6 +373,9 @@ def _host_entry(outcome: HostOutcome, loss: HostLoss | None) -> dict[str, Any]:
     if loss is not None and loss.summary is not None:
         step = step if step is not None else loss.summary.last_step
         last_loss = last_loss if last_loss is not None else trainlog.json_float(loss.summary.last)
+    rate = _pick(job, "samples_per_s", "samples_per_second")
+    if rate is None and loss is not None and loss.summary is not None:
+        rate = loss.summary.samples_per_second
     job_state = _pick(job, "state", "status") if isinstance(job, Mapping) else job
     job_text = _text(_pick(job, "message", "error")) if isinstance(job, Mapping) else ""
     extra = ""
@@ -363,14 +395,13 @@ def _host_entry(outcome: HostOutcome, loss: HostLoss | None) -> dict[str, Any]:
         "npu": npu_cell(npu) or None,
         "driver": _text(_pick(npu, "driver_version", "driver") or _pick(host_facts, "driver_version"))
         or None,
-        "docker": _text(
-            _pick(host_facts, "docker_version", "docker") or _pick(facts.get("docker"), "version")
-        )
-        or None,
+        "docker": docker_cell(host_facts, facts.get("docker")) or None,
         "container": container_cell(facts.get("container")) or None,
         "accel": verdict_cell(facts.get("accel")) or None,
         "job": _text(job_state) or None,
         "step": jsonable(step),
+        "total_steps": jsonable(_pick(job, "total_steps", "max_steps")),
+        "samples_per_second": jsonable(rate),
         "last_loss": jsonable(last_loss),
         "failed_task": outcome.failed_task.to_dict() if outcome.failed_task else None,
         "note": None,
@@ -477,7 +508,12 @@ def _row(entry: Mapping[str, Any]) -> list[str]:
     task = failed.get("task")
     if task and failed.get("role"):
         task = f"{failed['role']} : {task}"
-    cells = [_cell(entry.get(key)) for _, key in COLUMNS if key]
+    shown = dict(entry)
+    if entry.get("step") is not None and entry.get("total_steps") is not None:
+        shown["step"] = f"{entry['step']}/{entry['total_steps']}"
+    if entry.get("job") and isinstance(entry.get("samples_per_second"), int | float):
+        shown["job"] = f"{entry['job']}, {entry['samples_per_second']:.1f} samples/s"
+    cells = [_cell(shown.get(key)) for _, key in COLUMNS if key]
     cells += [_cell(task), _cell(failed.get("message") or entry.get("note")), _cell(remedy.get("fix"))]
     return cells
 
