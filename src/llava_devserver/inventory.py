@@ -78,14 +78,14 @@ def origin_of(value: Any) -> str | None:
     tag = Origin.get_tag(value)
     if tag is None or not tag.path:
         return None
-    path = _display_path(tag.path)
+    path = _display_path(tag.path, os.getcwd())
     return f"{path}:{tag.line_num}" if tag.line_num else path
 
 
 @functools.lru_cache(maxsize=256)
-def _display_path(path: str) -> str:
+def _display_path(path: str, cwd: str) -> str:
     """Relative to the working directory when below it (shorter errors), else absolute."""
-    relative = os.path.relpath(path)
+    relative = os.path.relpath(path, cwd)
     return path if relative.startswith("..") else relative
 
 
