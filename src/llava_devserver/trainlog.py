@@ -246,10 +246,10 @@ def smooth(values: Sequence[float], weight: float | None = None) -> list[float]:
     """Exponential moving average that steps over NaN (it keeps the previous value there).
 
     The weight grows with the number of points so that a 2000-step curve is smoothed about as much, in
-    appearance, as a 50-step one.
+    appearance, as a 50-step one; ten points or fewer are not smoothed.
     """
     if weight is None:
-        weight = min(0.98, max(0.6, 1.0 - 10.0 / max(len(values), 1)))
+        weight = min(0.98, max(0.0, 1.0 - 10.0 / max(len(values), 1)))
     out: list[float] = []
     current: float | None = None
     for value in values:
@@ -273,19 +273,33 @@ def plot_loss(
     named: Mapping[str, Sequence[LossPoint]] = series if isinstance(series, Mapping) else {"loss": series}
     figure, axes = plt.subplots(figsize=(9, 5), dpi=100)
     try:
+        from matplotlib.ticker import MaxNLocator
+
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        marked_nan = False
         for index, (name, points) in enumerate(named.items()):
             color = colors[index % len(colors)]
             steps = [p.step for p in points]
             losses = [p.loss if math.isfinite(p.loss) else math.nan for p in points]
-            axes.plot(steps, losses, ".", color=color, alpha=0.3, markersize=3)
-            axes.plot(steps, smooth(losses), "-", color=color, linewidth=1.8, label=f"{name} (smoothed)")
+            axes.plot(steps, losses, ".", color=color, alpha=0.45, markersize=4)
+            axes.plot(steps, smooth(losses), "-", color=color, linewidth=1.8, label=name)
             nan_steps = [p.step for p in points if not math.isfinite(p.loss)]
-            if nan_steps:  # NaN cannot be drawn on the curve; mark where it happened
-                axes.plot(nan_steps, [0.0] * len(nan_steps), "x", color="red", label=f"{name}: NaN/inf")
+            if nan_steps:
+                # NaN cannot sit on the curve: mark its steps along the bottom edge, outside the data range.
+                axes.plot(
+                    nan_steps,
+                    [0.02] * len(nan_steps),
+                    "x",
+                    color=color,
+                    markersize=7,
+                    transform=axes.get_xaxis_transform(),
+                    label=None if marked_nan else "NaN/inf loss",
+                )
+                marked_nan = True
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_title(title)
         axes.set_xlabel("step")
-        axes.set_ylabel("loss")
+        axes.set_ylabel("loss (dots: logged, line: smoothed)")
         axes.grid(True, alpha=0.3)
         axes.legend(loc="upper right", fontsize="small")
         figure.tight_layout()
