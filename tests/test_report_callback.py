@@ -59,9 +59,9 @@ PLAYBOOK = """\
           train.log"
         flat: true
       when: inventory_hostname == 'node-ok'
-    - name: Query the NPUs
-      ansible.builtin.fail:
-        msg: "npu-smi info failed on {{{{ inventory_hostname }}}}: dcmi module initialize failed, ret -8005"
+    - name: Probe the NPUs
+      ansible.builtin.include_role:
+        name: npu_probe
       when: inventory_hostname == 'node-fail'
     - name: Log in to the model hub
       ansible.builtin.fail:
@@ -87,7 +87,17 @@ VALIDATION_FAILS = """\
 """
 
 
+ROLE_TASKS = """\
+- name: Query the NPUs
+  ansible.builtin.fail:
+    msg: "npu-smi info failed on {{ inventory_hostname }}: dcmi module initialize failed, ret -8005"
+"""
+
+
 def run_playbook(workdir: Path, playbook: str, env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    role_tasks = workdir / "roles" / "npu_probe" / "tasks"
+    role_tasks.mkdir(parents=True, exist_ok=True)
+    (role_tasks / "main.yml").write_text(ROLE_TASKS)
     (workdir / "hosts.ini").write_text(INVENTORY.format(python=sys.executable, secret=SECRET))
     (workdir / "play.yml").write_text(playbook)
     env = {k: v for k, v in os.environ.items() if k != "LLAVA_RUN_DIR"}
@@ -157,6 +167,7 @@ def test_report_of_a_run_with_ok_failed_secret_unreachable_and_unreached_hosts(t
     failed = hosts["node-fail"]
     assert failed["status"] == "failed"
     assert failed["failed_task"]["task"] == "Query the NPUs"
+    assert failed["failed_task"]["role"] == "npu_probe"
     assert "-8005" in failed["failed_task"]["message"]
     assert failed["remedy"]["key"] == "npu_smi_8005"
 
@@ -182,7 +193,7 @@ def test_report_of_a_run_with_ok_failed_secret_unreachable_and_unreached_hosts(t
     assert len(rows) == 2 + 5
     assert markdown.count("| Host |") == 1
     assert rows[2].startswith("| node-ok | changed | 8× 910B3, 8 OK | 23.0.7 |")
-    assert "| node-fail | failed |" in rows[3] and "Query the NPUs" in rows[3]
+    assert "| node-fail | failed |" in rows[3] and "| npu_probe : Query the NPUs |" in rows[3]
     assert "![Training loss](loss.png)" in markdown
     assert (run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
 

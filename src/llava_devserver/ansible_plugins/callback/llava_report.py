@@ -47,7 +47,12 @@ def _is_no_log(result: Any) -> bool:
 
 def _role_name(task: Any) -> str | None:
     role = getattr(task, "_role", None)
-    return role.get_name() if role is not None else None
+    return str(role.get_name(include_role_fqcn=False)) if role is not None else None
+
+
+def _task_name(task: Any) -> str:
+    # Task.get_name() prefixes "role : "; the report keeps the role in its own field.
+    return str(getattr(task, "name", None) or task.action)
 
 
 def _message(data: dict[str, Any]) -> str:
@@ -144,7 +149,7 @@ class CallbackModule(CallbackBase):
         # The last failure wins: a host stops at its first unrescued failure, and a rescued one is followed
         # by more tasks (and is dropped at the end when the host has no failures left).
         self.failed[self._host(result)] = report.FailedTask(
-            task=str(result._task.get_name()),
+            task=_task_name(result._task),
             role=_role_name(result._task),
             message=HIDDEN if _is_no_log(result) else message,
         )
