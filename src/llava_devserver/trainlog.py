@@ -35,6 +35,8 @@ _NONFINITE_RE = re.compile(r"(?<=[\s:,\[(])([-+]?)(nan|inf)(?=\s*[,}\])])", re.I
 _NAN_SENTINEL = "__llava_nan__"
 
 _FLOAT = r"[-+]?(?:nan|inf(?:inity)?|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
+# Fast path for the common dict: the loss value read directly, without building the dict.
+_HF_LOSS_RE = re.compile(r"""['"]loss['"]\s*:\s*(['"]?)(""" + _FLOAT + r""")\1\s*[,}]""", re.IGNORECASE)
 _ITERATION_RE = re.compile(r"\biteration\s*(\d+)\s*/\s*(\d+)", re.IGNORECASE)
 # "lm loss:" first; a bare "loss:" only when it is not part of another field ("loss scale:", "train_loss:").
 _LM_LOSS_RE = re.compile(r"\blm[ _]loss\s*:\s*(" + _FLOAT + ")", re.IGNORECASE)
@@ -154,7 +156,13 @@ def _literal_dict(text: str) -> dict[str, Any] | None:
 
 def _feed_hf(segment: str, acc: _Accumulator) -> None:
     for match in _DICT_RE.finditer(segment):
-        record = _literal_dict(match.group(0))
+        text = match.group(0)
+        if "step" not in text and "train_" not in text:
+            fast = _HF_LOSS_RE.search(text)
+            if fast is not None:
+                acc.hf_points.append(LossPoint(len(acc.hf_points) + 1, float(fast.group(2))))
+                continue
+        record = _literal_dict(text)
         if record is None:
             continue
         if "loss" in record:
@@ -236,7 +244,8 @@ def summarize(points: Sequence[LossPoint], family: Family, samples_per_second: f
 def parse_log(path: str | Path) -> TrainLog:
     """Parse one log file. Raises OSError when it cannot be read, NoLossLinesError when it has no loss."""
     path = Path(path)
-    # newline="" keeps "\r" inside lines (split above); undecodable bytes (a cut multi-byte character in a
+    # newline="": lines end at "\n", "\r\n" or a lone "\r" (tqdm), so a log that is one physical line of
+    # progress bars is still read piece by piece. Undecodable bytes (a multi-byte character cut in a
     # progress bar) must not stop the parse.
     with path.open(encoding="utf-8", errors="replace", newline="") as handle:
         return parse_lines(handle, source=str(path))
