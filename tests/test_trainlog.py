@@ -112,6 +112,16 @@ def test_streaming_reads_a_file_object_lazily() -> None:
     assert log.summary.last == pytest.approx(5.0)
 
 
+def test_a_log_without_newlines_is_read_piece_by_piece(tmp_path: Path) -> None:
+    # tqdm writing to a file ends its updates with "\r" only; the file can be one physical line.
+    path = tmp_path / "train.log"
+    path.write_text("".join(f"\r{i}/500 [00:01<00:10]{{'loss': {5 - i / 100}}}" for i in range(1, 501)))
+    with path.open(newline="") as handle:
+        assert len(next(iter(handle))) < 60  # the reader splits at "\r", never holding the whole line
+    log = trainlog.parse_log(path)
+    assert log.summary.steps == 500 and log.summary.last == pytest.approx(0.0)
+
+
 def test_invalid_utf8_does_not_stop_the_parse(tmp_path: Path) -> None:
     path = tmp_path / "train.log"
     path.write_bytes(b"\xe2\x96 bar\r{'loss': 1.25}\n\xff\xfe{'loss': 1.0}\n")
