@@ -156,3 +156,27 @@ def test_no_devservers_group(tmp_path: Path) -> None:
 def test_empty_devservers_group_is_read_but_invalid(tmp_path: Path) -> None:
     inventory = write(tmp_path / "hosts.ini", "[devservers]\n\n[other]\nb\n")
     assert load_inventory(inventory).hosts == {}
+
+
+def test_templates_render_per_host(tmp_path: Path) -> None:
+    """One group_vars template, rendered with each host's own variables (results are reused only when the
+    variables it names are equal)."""
+    inventory = write(
+        tmp_path / "hosts.ini",
+        "[devservers]\na ansible_host=10.0.0.1 disk=/data1\nb ansible_host=10.0.0.2 disk=/data2\n"
+        "c disk=/data1\n",
+    )
+    write(
+        tmp_path / "group_vars/all.yml",
+        'work_dir: "{{ disk }}/{{ inventory_hostname }}"\nname_dir: "{{ disk }}"\n',
+    )
+    write(
+        tmp_path / "group_vars/devservers.yml", 'container_work_dir: "/home/ma-user/{{ disk | basename }}"\n'
+    )
+    hosts = load_inventory(inventory).hosts
+    assert [hosts[h]["work_dir"] for h in "abc"] == ["/data1/a", "/data2/b", "/data1/c"]
+    assert [hosts[h]["container_work_dir"] for h in "abc"] == [
+        "/home/ma-user/data1",
+        "/home/ma-user/data2",
+        "/home/ma-user/data1",
+    ]

@@ -171,10 +171,11 @@ def load_inventory(
         if GROUP not in inventory.groups:
             raise InventoryError(f"{', '.join(paths)}: no group [{GROUP}] (the servers must be in it)")
         manager = VariableManager(loader=loader, inventory=inventory)
+        renderer = _Renderer(Templar(loader=loader))
         for host in inventory.groups[GROUP].get_hosts():
             variables = manager.get_vars(host=host, include_hostvars=False)
             variables.update(extra_vars or {})
-            result.hosts[host.name], result.origins[host.name] = _our_settings(variables, Templar, loader)
+            result.hosts[host.name], result.origins[host.name] = _our_settings(variables, renderer)
     except AnsibleError as exc:  # broken INI/YAML in the inventory, group_vars or host_vars
         raise InventoryError(str(exc).strip()) from exc
     return result
@@ -192,13 +193,57 @@ def _use_vault_secrets(secrets: list[tuple[str, Any]]) -> None:
         current.secrets = secrets
 
 
-def _our_settings(
-    variables: dict[str, Any], templar_type: Any, loader: Any
-) -> tuple[dict[str, Any], dict[str, str]]:
+class _Renderer:
+    """Renders our settings' templates with one host's variables, as a task would see them.
+
+    Most fleets write one template in group_vars (`{{ inventory_dir }}/files/x.zip`) that every host
+    renders to the same text; Ansible compiles a template on each call, so results are reused when the
+    template and the values of the variables it names are the same (values that are templates themselves
+    are never reused).
+    """
+
+    _UNCACHEABLE = frozenset({"lookup", "query", "q", "now"})  # may differ from one call to the next
+
+    def __init__(self, templar: Any) -> None:
+        import jinja2
+
+        self._templar = templar
+        self._env = jinja2.Environment()
+        self._names: dict[str, frozenset[str] | None] = {}
+        self._results: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
+        self._current: int | None = None
+
+    def _referenced(self, source: str) -> frozenset[str] | None:
+        if source not in self._names:
+            import jinja2.meta
+
+            try:
+                names = frozenset(jinja2.meta.find_undeclared_variables(self._env.parse(source)))
+            except Exception:  # Ansible's own parse will say what is wrong
+                names = None
+            self._names[source] = None if names is None or names & self._UNCACHEABLE else names
+        return self._names[source]
+
+    def render(self, raw: Any, variables: dict[str, Any]) -> Any:
+        key = None
+        names = self._referenced(raw) if isinstance(raw, str) else None
+        if names is not None and not any(_may_be_template(variables.get(n)) for n in names):
+            key = (str(raw), tuple((n, repr(variables.get(n, Ellipsis))) for n in sorted(names)))
+            if key in self._results:
+                return self._results[key]
+        if self._current != id(variables):
+            self._templar.available_variables = variables
+            self._current = id(variables)
+        value = plain(self._templar.template(raw))
+        if key is not None:
+            self._results[key] = value
+        return value
+
+
+def _our_settings(variables: dict[str, Any], renderer: _Renderer) -> tuple[dict[str, Any], dict[str, str]]:
     """Our settings rendered and made plain; other variables kept as they are (only their names matter)."""
     from ansible.errors import AnsibleError
 
-    templar = None
     values: dict[str, Any] = dict(variables)
     origins: dict[str, str] = {}
     for name, raw in variables.items():  # where our settings and look-alikes (typos) were written
@@ -211,10 +256,7 @@ def _our_settings(
             continue
         raw = variables[name]
         try:
-            if _may_be_template(raw):
-                templar = templar or templar_type(loader=loader, variables=variables)
-                raw = templar.template(raw)
-            values[name] = plain(raw)
+            values[name] = renderer.render(raw, variables) if _may_be_template(raw) else plain(raw)
         except AnsibleError as exc:  # an undefined variable in a template, an undecryptable vault value
             values[name] = UnresolvedValue(exc.message.splitlines()[0] if exc.message else type(exc).__name__)
     return values, origins
