@@ -207,7 +207,7 @@ def _finish(state: FleetState, data: Mapping[str, Any]) -> list[str]:
             host.unreachable = int(recap["dark"].get(host.name, host.unreachable))
             host.skipped = int(recap["skipped"].get(host.name, host.skipped))
         host.status = final_status(host)
-        host.task = ""
+        host.role = host.task = ""  # the line then names the last play the host was in
     return list(state.hosts)
 
 
@@ -331,6 +331,8 @@ def plain_line(host: HostState) -> str:
 
 def _plain_signature(host: HostState) -> tuple[Any, ...]:
     """What must change for a plain line to be printed: play, role, status or training progress."""
+    if host.status in ("failed", "unreachable"):  # said once; later moves of the host add nothing
+        return (host.status, host.message)
     return (host.play, host.role, host.status, host.step, host.job_state)
 
 

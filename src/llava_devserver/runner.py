@@ -177,8 +177,15 @@ class ResultCollector:
         self._final_stats = True
 
 
-def _cmdline(check: bool, diff: bool, extravars: Mapping[str, Any] | Sequence[str] | None) -> str:
+def _cmdline(
+    check: bool,
+    diff: bool,
+    extravars: Mapping[str, Any] | Sequence[str] | None,
+    vault_password_file: str | Path | None = None,
+) -> str:
     args: list[str] = []
+    if vault_password_file is not None:
+        args += ["--vault-password-file", str(Path(vault_password_file).resolve())]
     if check:
         args.append("--check")
     if diff:
@@ -219,6 +226,7 @@ def run_playbook(
     run_dir: str | Path | None = None,
     on_event: EventHandler | None = None,
     root: Path | None = None,
+    vault_password_file: str | Path | None = None,
 ) -> RunResult:
     """Run PLAYBOOK (relative to the project root, or absolute) against INVENTORY; see the module doc."""
     import ansible_runner
@@ -253,7 +261,7 @@ def run_playbook(
             limit=limit,
             tags=tags,
             skip_tags=skip_tags,
-            cmdline=_cmdline(check, diff, extravars) or None,
+            cmdline=_cmdline(check, diff, extravars, vault_password_file) or None,
             envvars=runner_env(root, run_path),
             event_handler=handle,
             quiet=True,

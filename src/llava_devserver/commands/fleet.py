@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -54,6 +55,9 @@ def _common(parser: argparse.ArgumentParser, *, selection: bool = True) -> None:
     if selection:
         parser.add_argument("-l", "--limit", metavar="PATTERN", help="only these servers (Ansible pattern)")
     parser.add_argument("--plain", action="store_true", help="plain line updates even on a terminal")
+    parser.add_argument(
+        "--run-dir", type=Path, metavar="DIR", help="where the log and report go (default runs/<UTC time>)"
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -144,6 +148,8 @@ def _play(
                 check=check,
                 diff=diff,
                 extravars=args.extra_vars,
+                run_dir=getattr(args, "run_dir", None),
+                vault_password_file=args.vault_password_file,
                 on_event=display.on_event,
             )
     except ProjectNotFoundError as exc:
