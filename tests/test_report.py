@@ -63,13 +63,22 @@ def test_host_status(counts: dict[str, int], reached: bool, status: str) -> None
         ("llava_pretrain", "Wait", "HCCL init failed: connect timeout to 10.0.0.1:29500", "hccl"),
         ("llava_pretrain", "Wait", "RuntimeError: NPU out of memory", "out_of_memory"),
         ("accel_check", "Run the check", "torch_npu import failed", "accel_check"),
-        (None, "Validate the settings", "node-1: npu_devices: bad range", "validation"),
+        (None, "Validate", "FleetValidationError: node-1: npu_devices: bad range", "validation"),
         ("host", "Something odd", "exit status 42", "unknown"),
     ],
 )
 def test_remedy_for_known_failures(role: str | None, task: str, message: str, key: str) -> None:
     remedy = report.find_remedy("failed", report.FailedTask(task, role, message))
     assert remedy is not None and remedy.key == key
+
+
+def test_validation_wins_over_the_settings_its_message_names() -> None:
+    message = "Invalid inventory:\nnode-2: npu_count: Input should be a valid integer"
+    failed = report.FailedTask(
+        "Validate the settings of every server", None, message, action="llava_validate"
+    )
+    remedy = report.find_remedy("failed", failed)
+    assert remedy is not None and remedy.key == "validation"
 
 
 def test_no_remedy_for_healthy_hosts_and_one_for_unreachable() -> None:

@@ -176,6 +176,7 @@ def test_report_of_a_run_with_ok_failed_secret_unreachable_and_unreached_hosts(t
     assert secret["failed_task"] == {
         "task": "Log in to the model hub",
         "role": None,
+        "action": "ansible.builtin.fail",
         "message": "(output hidden: no_log)",
     }
 

@@ -36,9 +36,10 @@ class FailedTask:
     task: str
     role: str | None
     message: str
+    action: str | None = None  # the module/action plugin, e.g. llava_validate
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "role": self.role, "message": self.message}
+        return {"task": self.task, "role": self.role, "action": self.action, "message": self.message}
 
 
 @dataclass
@@ -64,8 +65,15 @@ def _remedy(key: str, pattern: str, cause: str, fix: str) -> Remedy:
     return Remedy(key, re.compile(pattern, re.IGNORECASE), cause, fix)
 
 
-# Known failure causes, most specific first. docs/report.md lists them (a test checks it does).
+# Known failure causes, first match wins: validation (its messages name every setting) first, then the most
+# specific. docs/report.md lists them (a test checks it does).
 REMEDIES: tuple[Remedy, ...] = (
+    _remedy(
+        "validation",
+        r"\bllava_validate\b|FleetValidationError|Invalid inventory",
+        "the inventory or group_vars break a rule",
+        "Fix the setting named in the message, then `llava-devserver validate -i INVENTORY`.",
+    ),
     _remedy(
         "npu_smi_8005",
         r"-8005",
@@ -117,12 +125,6 @@ REMEDIES: tuple[Remedy, ...] = (
         "Free space on the host (`docker system df`, old checkpoints) or move work_dir to a larger disk.",
     ),
     _remedy(
-        "validation",
-        r"FleetValidationError|validat",
-        "the inventory or group_vars break a rule",
-        "Fix the setting named in the message, then `llava-devserver validate -i INVENTORY`.",
-    ),
-    _remedy(
         "accel_check",
         r"accel",
         "the accelerator check in the container failed",
@@ -172,11 +174,8 @@ def find_remedy(status: str, failed: FailedTask | None = None, extra_text: str =
     """The remedy for a host's outcome; None for a healthy host."""
     if status == "unreachable":
         return UNREACHABLE_REMEDY
-    text = (
-        " ".join(filter(None, [failed.role, failed.task, failed.message] if failed else []))
-        + " "
-        + extra_text
-    )
+    parts = [failed.action, failed.role, failed.task, failed.message] if failed else []
+    text = " ".join(filter(None, parts)) + " " + extra_text
     if status == "skipped" and not text.strip():
         return None
     if status not in ("failed", "skipped") and not extra_text:

@@ -152,6 +152,7 @@ class CallbackModule(CallbackBase):
             task=_task_name(result._task),
             role=_role_name(result._task),
             message=HIDDEN if _is_no_log(result) else message,
+            action=str(getattr(result._task, "action", "") or "") or None,
         )
 
     def v2_runner_on_failed(self, result: Any, ignore_errors: bool = False) -> None:
