@@ -111,7 +111,14 @@ def _ensure_network(client: docker.DockerClient, fleet: str) -> Any:
     for network in client.networks.list(names=[name]):
         if network.name == name:
             return network
-    return client.networks.create(name, driver="bridge", labels={FLEET_LABEL: fleet}, check_duplicate=True)
+    try:
+        labels = {FLEET_LABEL: fleet}
+        return client.networks.create(name, driver="bridge", labels=labels, check_duplicate=True)
+    except docker.errors.APIError as exc:
+        hint = ""
+        if "address pool" in str(exc):  # Docker's default pools give about 30 bridge networks
+            hint = "; every fleet takes one: list them with `llava-devserver sim status`, remove old ones"
+        raise FleetError(f"could not create network {name}: {exc.explanation or exc}{hint}") from exc
 
 
 def _address(container: Container, fleet: str) -> str:
