@@ -216,6 +216,8 @@ def test_run_dir_from_the_environment_and_a_run_stopped_at_validation(tmp_path: 
         "FleetValidationError: node-ok: npu_devices: device 9 is out of range 0-7"
     )
     assert hosts["node-fail"]["note"] == "not reached: the run stopped at localhost (Validate the settings)"
+    assert hosts["node-ok"]["remedy"]["key"] == "validation"  # the validation error names it
+    assert hosts["node-fail"]["remedy"]["key"] == "not_reached"
     assert hosts["localhost"]["status"] == "failed"
     assert hosts["localhost"]["remedy"]["key"] == "validation"
     assert report["loss_png"] is None and not (run_dir / "loss.png").exists()

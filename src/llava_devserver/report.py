@@ -429,12 +429,14 @@ def _explain_not_reached(entries: list[dict[str, Any]]) -> None:
     for entry in entries:
         if entry["reached"] or entry["failed_task"]:
             continue
-        about = [
-            line.strip()
-            for e in stopped
-            for line in re.split(r"\n|;\s", e["failed_task"]["message"])
-            if re.search(rf"(?<![\w.-]){re.escape(entry['host'])}:\s", line)
-        ]
+        names_me = re.compile(rf"(?<![\w.-]){re.escape(entry['host'])}:\s")
+        about: list[str] = []
+        for e in stopped:
+            lines = re.split(r"\n|;\s", e["failed_task"]["message"])
+            mine = [line.strip() for line in lines if names_me.search(line)]
+            if mine and e["remedy"] and not about:
+                entry["remedy"] = e["remedy"]  # the failure is about this host: its remedy applies here
+            about += mine
         entry["note"] = "not reached" + (f": the run stopped at {where}" if where else " in this run")
         if about:
             entry["note"] += ". " + " ".join(about)
