@@ -191,6 +191,15 @@ def test_report_without_logs_has_no_plot(tmp_path: Path) -> None:
     assert "![" not in paths.markdown.read_text()
 
 
+def test_hosts_left_out_by_limit_of_a_healthy_run(tmp_path: Path) -> None:
+    outcomes = [report.HostOutcome("a", {"ok": 3}), report.HostOutcome("b", {}, reached=False)]
+    data = report.build_report(tmp_path, outcomes)
+    assert data["result"] == "ok"
+    left_out = data["hosts"][1]
+    assert left_out["status"] == "skipped" and left_out["remedy"] is None
+    assert left_out["note"] == "not in this run (--limit)"
+
+
 def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     runs = tmp_path / "runs"
     assert main(["report", "--runs", str(runs)]) == 2

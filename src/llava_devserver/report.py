@@ -437,7 +437,10 @@ def _explain_not_reached(entries: list[dict[str, Any]]) -> None:
             if mine and e["remedy"] and not about:
                 entry["remedy"] = e["remedy"]  # the failure is about this host: its remedy applies here
             about += mine
-        entry["note"] = "not reached" + (f": the run stopped at {where}" if where else " in this run")
+        if not stopped:  # nothing failed: --limit (or the plays' host patterns) left it out
+            entry["note"], entry["remedy"] = "not in this run (--limit)", None
+            continue
+        entry["note"] = f"not reached: the run stopped at {where}"
         if about:
             entry["note"] += ". " + " ".join(about)
 
@@ -464,7 +467,7 @@ def build_report(
         trainlog.plot_loss(curves, run_dir / "loss.png", title=f"Training loss: {run_dir.name}")
         loss_png = "loss.png"
     totals = {status: sum(1 for e in entries if e["status"] == status) for status in STATUSES}
-    healthy = totals["failed"] == 0 and totals["unreachable"] == 0 and all(e["reached"] for e in entries)
+    healthy = totals["failed"] == 0 and totals["unreachable"] == 0
     return {
         "schema": SCHEMA_VERSION,
         "run": run_dir.name,
