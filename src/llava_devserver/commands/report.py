@@ -27,13 +27,28 @@ def register(subparsers: Any) -> None:
         "run_dir", nargs="?", type=Path, metavar="RUN_DIR", help="a runs/<timestamp> directory"
     )
     parser.add_argument(
-        "--runs", type=Path, default=Path("runs"), help="where runs are kept (default: ./runs)"
+        "--runs", type=Path, help="where runs are kept (default: ./runs, else runs/ of the project root)"
     )
     parser.add_argument("--json", action="store_true", help="print report.json instead of report.md")
     parser.set_defaults(func=run)
 
 
+def default_runs_dir() -> Path:
+    """./runs when there is one, else runs/ beside site.yml (where the callback and `up` write)."""
+    local = Path("runs")
+    if local.is_dir():
+        return local
+    try:
+        from llava_devserver.runner import find_project_root
+
+        return find_project_root() / "runs"
+    except (ImportError, RuntimeError):  # no runner module, or no project found
+        return local
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.runs is None:
+        args.runs = default_runs_dir()
     run_dir = args.run_dir if args.run_dir is not None else report.latest_run_dir(args.runs)
     if run_dir is None:
         print(
