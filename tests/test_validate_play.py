@@ -69,17 +69,31 @@ def test_bad_inventory_stops_before_any_connection(tmp_path: Path) -> None:
     assert "s3cr3t-do-not-print" not in output
 
 
-def test_good_inventory_gives_every_server_its_llava(tmp_path: Path) -> None:
-    result = play(tmp_path, GOOD, "--tags", "never-matches-anything")  # validation is tagged always
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    assert "TASK [Set the normalized settings of each server (llava)]" in output
-    assert "TASK [Show llava]" not in output
+LLAVA_LINE = re.compile(r"LLAVA (\S+) rank=(\d+) master=(\S+) world=(\d+) devices=([\d,]+)")
 
+
+def test_good_inventory_gives_every_server_its_llava(tmp_path: Path) -> None:
+    result = play(tmp_path, GOOD)
+    output = result.stdout + result.stderr
+    assert sorted(LLAVA_LINE.findall(output)) == [
+        ("ds-a", "0", "192.0.2.10", "8", "0,1,2,3"),
+        ("ds-b", "1", "192.0.2.10", "8", "0,1,2,3"),
+    ], output
+    # the control: the same play does contact the (unreachable) servers once validation has passed
+    assert "UNREACHABLE" in output and result.returncode != 0
+
+
+def test_limit_keeps_the_whole_group_in_view(tmp_path: Path) -> None:
     result = play(tmp_path, GOOD, "--limit", "ds-b")
     output = result.stdout + result.stderr
-    found = re.findall(r"LLAVA (\S+) rank=(\d+) master=(\S+) world=(\d+) devices=([\d,]+)", output)
-    # --limit: only ds-b runs, but it is validated with the whole group, so it keeps rank 1
-    assert found == [("ds-b", "1", "192.0.2.10", "8", "0,1,2,3")], output
-    # the control: the same play does contact the (unreachable) server once validation has passed
-    assert "UNREACHABLE" in output
+    # only ds-b runs, but it is validated with the whole group, so it keeps rank 1 and ds-a as master
+    assert LLAVA_LINE.findall(output) == [("ds-b", "1", "192.0.2.10", "8", "0,1,2,3")], output
+
+
+def test_validation_runs_whatever_the_tags(tmp_path: Path) -> None:
+    result = play(tmp_path, GOOD, "--tags", "no-such-tag")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "TASK [Validate the settings of every server of devservers]" in output
+    assert "TASK [Set the normalized settings of each server (llava)]" in output
+    assert "TASK [Show llava]" not in output

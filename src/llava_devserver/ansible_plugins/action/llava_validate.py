@@ -4,7 +4,8 @@ A thin adapter over `llava_devserver.config.validate_fleet`, the same code as `l
 Run it once (`run_once: true`); it never connects to a server. It returns `hosts`, the llava dict of every
 server, or fails with every error as `HOST: SETTING: message`.
 
-Options: `group` (default `devservers`).
+Options: `group` (default `devservers`); `play_hosts` (default: the group), the hosts that get an entry in
+the returned `play_hosts` list ([{host, llava}], for the play's hosts under --limit).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class _OurSettings(Mapping[str, Any]):
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False  # all it needs is on the control node
-    _VALID_ARGS = frozenset({"group"})
+    _VALID_ARGS = frozenset({"group", "play_hosts"})
 
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result = super().run(tmp, task_vars)
@@ -81,9 +82,13 @@ class ActionModule(ActionBase):
                 "msg": "Invalid inventory:\n" + "\n".join(str(e) for e in exc.errors),
             }
         first = fleet.hosts[0]
+        llava = fleet.to_vars()
+        play_hosts = self._task.args.get("play_hosts") or hostnames
         return {
             **result,
             "changed": False,
             "msg": f"{len(fleet.hosts)} server(s) valid; world size {first.world_size}",
-            "hosts": fleet.to_vars(),
+            "hosts": llava,
+            # what the play's hosts need, as a list a loop can walk without indexing a large dict per item
+            "play_hosts": [{"host": name, "llava": llava[name]} for name in play_hosts if name in llava],
         }
