@@ -155,7 +155,7 @@ def _check_weight_files(model_dir: str, result: VerifyResult, deep: bool) -> Non
     declared = (index.get("metadata") or {}).get("total_size")
     if all_safetensors and isinstance(declared, int) and declared != tensor_bytes:
         result.errors.append(
-            f"{index_path}: metadata.total_size {declared} but the shards hold {tensor_bytes} bytes of tensors"
+            f"{index_path}: metadata.total_size {declared}, but the shards hold {tensor_bytes} tensor bytes"
         )
 
 
@@ -198,8 +198,8 @@ def _check_safetensors(path: str, result: VerifyResult) -> dict[str, int] | None
 
 
 def _check_torch_zip(path: str, result: VerifyResult, deep: bool) -> dict[str, int] | None:
-    """torch.save's zip format: an intact central directory (a cut file loses it) whose members fit in the
-    file; with `deep`, every member's CRC. Tensor names live in the pickle, so only storage sizes are known."""
+    """torch.save's zip format: an intact central directory (a cut file loses it) whose members fit in
+    the file; with `deep`, every member's CRC. Tensor names are in the pickle; only sizes are known here."""
     size = os.path.getsize(path)
     try:
         with zipfile.ZipFile(path) as archive:
