@@ -60,7 +60,7 @@ ANSIBLE_NAMES = frozenset(
     {
         "environment", "group_names", "groups", "hostvars", "omit", "play_hosts", "playbook_dir",
         "role_name", "role_names", "role_path", "vars", "module_setup", "gather_subset",
-        "llava", "llava_validation",
+        "llava", "llava_validation", "llava_item",
     }
 )  # fmt: skip
 SUGGESTION_CUTOFF = 0.8  # difflib ratio: `container_imgae` -> container_image, `docker_name` is foreign
