@@ -58,7 +58,9 @@ def npu_check_bound_problems(
     try:
         containers = json.loads(text)
     except ValueError as exc:
-        raise AnsibleFilterError(f"npu_check_bound_problems: docker inspect output is not JSON: {exc}") from exc
+        raise AnsibleFilterError(
+            f"npu_check_bound_problems: docker inspect output is not JSON: {exc}"
+        ) from exc
     wanted = {int(npu) for npu in npu_devices}
     problems: list[str] = []
     for container in containers:
