@@ -276,20 +276,16 @@ def render_live(state: FleetState, now: float | None = None) -> RenderableType:
     # Host and status are never cut; the current task and the job line give way on a narrow terminal.
     table.add_column("host", no_wrap=True, min_width=_longest(state.hosts))
     table.add_column("status", no_wrap=True, min_width=11)
-    table.add_column("ok", justify="right", no_wrap=True)
-    table.add_column("changed", justify="right", no_wrap=True)
-    table.add_column("failed", justify="right", no_wrap=True)
-    table.add_column("now", overflow="ellipsis", no_wrap=True, max_width=60)
-    table.add_column("job", overflow="ellipsis", no_wrap=True)
+    table.add_column("ok/chg/fail", justify="right", no_wrap=True, min_width=11)
+    table.add_column("now", overflow="ellipsis", no_wrap=True, max_width=60, ratio=3)
+    table.add_column("job", overflow="ellipsis", no_wrap=True, ratio=2)
     for host in state.hosts.values():
         style = STATUS_STYLE.get(host.status, "")
         now_text = host.message if host.status in ("failed", "unreachable") else _where(host)
         table.add_row(
             host.name,
             Text(host.status, style=style),
-            str(host.ok),
-            str(host.changed),
-            Text(str(host.failed), style="red" if host.failed else ""),
+            Text(f"{host.ok}/{host.changed}/{host.failed}", style="red" if host.failed else ""),
             now_text,
             _job_text(host),
         )

@@ -1,0 +1,259 @@
+"""`llava-devserver up|plan|status|logs|down`: exit codes, plan and status output, logs, and the live display
+in a real terminal (tmux). Runs against a local-connection inventory: no Docker, no SSH."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from llava_devserver.cli import main
+from llava_devserver.commands.fleet import host_status, plan_lines, remote_log_command, ssh_argv
+from llava_devserver.runner import HostStats, RunResult
+from test_runner import PLAYBOOK, local_inventory, write_playbook
+
+CLI = str(Path(sys.executable).parent / "llava-devserver")
+
+
+def test_up_success(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inventory = local_inventory(tmp_path)
+    playbook = write_playbook(tmp_path, PLAYBOOK)
+    run_dir = tmp_path / "run"
+    args = ["up", "-i", str(inventory), "--playbook", str(playbook), "--run-dir", str(run_dir)]
+    assert main([*args, "-e", f"out={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    # Plain updates (pytest's stdout is no terminal), the summary, and where the log is.
+    assert "node-a running [Record the run dir]" in out
+    assert "node-b changed [Test play] ok=2 changed=1 failed=0" in out
+    assert f"Log: {run_dir / 'ansible.log'}" in out
+    assert (run_dir / "ansible.log").is_file()
+
+
+def test_up_host_failure_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inventory = local_inventory(tmp_path)
+    playbook = write_playbook(tmp_path, PLAYBOOK)
+    args = ["up", "-i", str(inventory), "--playbook", str(playbook), "--run-dir", str(tmp_path / "run")]
+    assert main([*args, "-e", f"out={tmp_path}", "-e", "break_b=true"]) == 1
+    captured = capsys.readouterr()
+    assert "node-b failed Fail on node-b: node-b: card 3 is broken; replace it" in captured.out
+    assert "node-b: Fail on node-b: node-b: card 3 is broken; replace it" in captured.err
+
+
+def test_up_invalid_inventory_exits_1_and_runs_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inventory = local_inventory(tmp_path)
+    settings = json.loads((tmp_path / "group_vars" / "all.yml").read_text())
+    settings |= {"launcher": "mpirun", "container_name": "not a name!"}
+    (tmp_path / "group_vars" / "all.yml").write_text(json.dumps(settings))
+    playbook = write_playbook(tmp_path, PLAYBOOK)
+    run_dir = tmp_path / "run"
+    args = ["up", "-i", str(inventory), "--playbook", str(playbook), "--run-dir", str(run_dir)]
+    assert main([*args, "-e", f"out={tmp_path}"]) == 1
+    err = capsys.readouterr().err
+    assert "fleet: launcher:" in err and "fleet: container_name:" in err
+    assert "nothing was run" in err
+    assert not run_dir.exists()
+    assert not (tmp_path / "node-a.run_dir").exists()
+
+
+def test_up_unreadable_inventory_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["up", "-i", str(tmp_path / "missing.ini")]) == 2
+    assert "missing.ini: no such inventory file" in capsys.readouterr().err
+    broken = tmp_path / "broken.yml"
+    broken.write_text("devservers: [unclosed\n")
+    assert main(["up", "-i", str(broken)]) == 2
+
+
+def test_plan_lists_what_would_change(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inventory = local_inventory(tmp_path)
+    playbook = write_playbook(tmp_path, PLAYBOOK)
+    args = ["plan", "-i", str(inventory), "--playbook", str(playbook), "--run-dir", str(tmp_path / "run")]
+    assert main([*args, "-e", f"out={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "  node-a: 1 change(s): Record the run dir" in out
+    assert "  node-b: 1 change(s): Record the run dir" in out
+    assert not (tmp_path / "node-a.run_dir").exists()  # check mode wrote nothing
+
+
+def test_plan_lines() -> None:
+    result = RunResult(rc=2, status="failed", run_dir=Path("r"), log_path=Path("r/ansible.log"))
+    result.stats = {"a": HostStats(ok=3), "b": HostStats(failed=1), "c": HostStats(ok=2)}
+    result.changed_tasks = {"a": ["Install Docker", "Write daemon.json", "Install Docker"]}
+    result.failures = {"b": ["Check NPUs: NPU 3 Critical"]}
+    assert plan_lines(result, ["a", "b", "c", "d"]) == [
+        "a: 2 change(s): Install Docker; Write daemon.json",
+        "b: would fail: Check NPUs: NPU 3 Critical",
+        "c: no changes",
+        "d: not run",
+    ]
+
+
+def write_job(tmp_path: Path, **job: object) -> Path:
+    state_dir = tmp_path / "work" / ".llava-devserver"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "job.json").write_text(json.dumps(job))
+    return state_dir / "job.json"
+
+
+def test_status_is_read_only_and_tolerates_no_npu_no_container(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inventory = local_inventory(tmp_path, hosts=("node-a",))
+    log = tmp_path / "train.log"
+    log.write_text(
+        "{'loss': 8.25, 'learning_rate': 0.001, 'epoch': 0.0}\n{'loss': 7.5, 'learning_rate': 0.001}\n"
+    )
+    write_job(tmp_path, state="running", pid=4242, log=str(log), node_rank=0)
+    before = sorted(p.name for p in (tmp_path / "work").rglob("*"))
+    args = ["status", "-i", str(inventory), "--json", "--run-dir", str(tmp_path / "run")]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["host"] == "node-a"
+    assert not row["npu_ok"]  # no npu-smi on this machine: said, not fatal
+    assert row["container"] == "absent"
+    assert row["job"] == "failed (container absent)"  # the state file says running, its container is gone
+    assert row["loss"] == 7.5  # from the end of the log, as the state file has no loss
+    assert sorted(p.name for p in (tmp_path / "work").rglob("*")) == before
+
+
+def test_host_status_rows() -> None:
+    status = {
+        "npu": {"driver_version": "23.0.5", "cards": [{"health": "OK"}, {"health": "OK"}]},
+        "npu_problems": [],
+        "docker": "running 24.0.7",
+        "container": "running",
+        "job": {"state": "running", "step": 120, "loss": 1.25},
+        "log_tail": "",
+    }
+    row = host_status("ds-1", status, None)
+    assert (row.npu, row.npu_ok, row.driver, row.job, row.step, row.loss) == (
+        "2/2 OK",
+        True,
+        "23.0.5",
+        "running",
+        120,
+        1.25,
+    )
+    status |= {"npu_problems": ["NPU 1: health Critical"], "job": {"state": "failed", "exit_code": 1}}
+    row = host_status("ds-1", status, None)
+    assert (row.npu, row.npu_ok, row.job) == ("NPU 1: health Critical", False, "failed (exit 1)")
+    row = host_status("ds-2", None, "Gather: unreachable: ssh: connect timed out")
+    assert row.npu == "Gather: unreachable: ssh: connect timed out" and row.job == "-"
+
+
+def test_logs_tails_node_rank_0(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    inventory = local_inventory(tmp_path)
+    log = tmp_path / "train.log"
+    log.write_text("".join(f"line {i}\n" for i in range(10)))
+    write_job(tmp_path, state="running", log=str(log))
+    assert main(["logs", "-i", str(inventory), "-n", "3"]) == 0
+    assert capfd.readouterr().out == "line 7\nline 8\nline 9\n"
+    assert main(["logs", "-i", str(inventory), "--host", "node-x"]) == 2
+    (tmp_path / "work" / ".llava-devserver" / "job.json").unlink()
+    assert main(["logs", "-i", str(inventory)]) == 1
+    assert "no job on this server" in capfd.readouterr().err
+
+
+def test_ssh_argv_uses_the_inventory_connection() -> None:
+    variables = {
+        "ansible_host": "10.0.0.5",
+        "ansible_user": "root",
+        "ansible_port": 2222,
+        "ansible_ssh_private_key_file": "/keys/id",
+        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no",
+    }
+    argv = ssh_argv(variables, "ds-1", "tail x")
+    assert argv == [
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "-p",
+        "2222",
+        "-i",
+        "/keys/id",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "root@10.0.0.5",
+        "tail x",
+    ]
+    assert "tail -n 5 -F" in remote_log_command("/data/w", 5, follow=True)
+
+
+TMUX_PLAYBOOK = """\
+    - name: Slow play
+      hosts: devservers
+      gather_facts: false
+      tasks:
+        - name: Take a moment
+          ansible.builtin.command: sleep 4
+          changed_when: false
+        - name: Report progress
+          ansible.builtin.set_fact:
+            llava_progress: {step: 5, loss: 2.125, state: running}
+        - name: Fail on node-b
+          ansible.builtin.fail:
+            msg: "node-b: broken on purpose"
+          when: inventory_hostname == 'node-b'
+"""
+
+
+def _capture(tmux: list[str]) -> str:
+    return subprocess.run([*tmux, "capture-pane", "-p", "-t", "cli"], capture_output=True, text=True).stdout
+
+
+def _wait_for(tmux: list[str], predicate: Callable[[str], bool], timeout: float, what: str) -> str:
+    deadline = time.monotonic() + timeout
+    screen = ""
+    while time.monotonic() < deadline:
+        screen = _capture(tmux)
+        if predicate(screen):
+            return screen
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not appear on the screen:\n{screen}")
+
+
+def _both_running(screen: str) -> bool:
+    lines = screen.splitlines()
+    return all(
+        any(line.startswith(host) and "running" in line and "Take a moment" in line for line in lines)
+        for host in ("node-a", "node-b")
+    )
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install -y tmux)")
+def test_live_display_in_a_real_terminal(tmp_path: Path) -> None:
+    inventory = local_inventory(tmp_path)
+    playbook = write_playbook(tmp_path, TMUX_PLAYBOOK)
+    command = (
+        # Sizes from the terminal, as for a user (the test process may carry COLUMNS from its own).
+        f"env -u COLUMNS -u LINES {CLI} up -i {inventory} --playbook {playbook} "
+        f"--run-dir {tmp_path / 'run'}; "
+        "echo EXIT-CODE-$?; sleep 60"
+    )
+    tmux = ["tmux", "-L", f"llava-fleet-test-{uuid.uuid4().hex[:8]}"]
+    subprocess.run([*tmux, "new-session", "-d", "-s", "cli", "-x", "140", "-y", "40", command], check=True)
+    try:
+        # While the 4-second task runs: a line per host with its task, and the overall line.
+        live = _wait_for(tmux, _both_running, timeout=60, what="both hosts running 'Take a moment'")
+        assert any(line.startswith("play 1: Slow play | ") for line in live.splitlines())
+        final = _wait_for(tmux, lambda screen: "EXIT-CODE-" in screen, timeout=60, what="the exit code")
+        (tmp_path / "screen.txt").write_text(final)
+        assert "EXIT-CODE-1" in final  # node-b failed
+        assert "Fleet summary" in final
+        rows = [line for line in final.splitlines() if "node-a" in line or "node-b" in line]
+        assert any(
+            "node-a" in row and "ok" in row and "step 5" in row and "loss 2.1250" in row for row in rows
+        )
+        assert any("node-b" in row and "failed" in row and "broken on purpose" in row for row in rows)
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
