@@ -566,3 +566,18 @@ def test_fleet_settings_round_trip(package: str) -> None:
     fleet = validate_fleet(hosts(package))
     assert isinstance(fleet, FleetSettings)
     assert list(fleet.to_vars()) == ["ds-0", "ds-1"]
+
+
+def test_cross_field_and_cross_host_rules_report_alongside_other_errors(package: str) -> None:
+    raw = hosts(package)
+    fetched_llm = {"llm": {"source": "hub", "repo_id": "x/y"}}
+    raw["ds-0"].update(work_dir="/etc", npu_devices="0-8", assets=fetched_llm)
+    raw["ds-1"].update(ansible_host="10.0.0.1", container_name="bad name")
+    errors = errors_of(raw)
+    assert {(e.host, e.setting) for e in errors} == {
+        ("ds-0", "work_dir"),
+        ("ds-0", "npu_devices"),  # the range rule needs npu_count: it still runs
+        ("ds-0", "assets.llm"),  # a fetched llm needs a path, not the hub id lmsys/vicuna-13b-v1.5
+        ("ds-1", "container_name"),
+        ("fleet", "ansible_host"),  # the address rule runs over the servers that parsed
+    }

@@ -47,8 +47,9 @@ def test_invalid_inventory_one_error_per_line(
         "exist on the control node (or is not a file) (on every server) "
         "[tests/inventories/bad/group_vars/all.yml:7]",
         "ds-b: npu_devices: lists NPU 1 more than once [tests/inventories/bad/devserver.ini:4]",
+        "fleet: ansible_host: ds-a and ds-b share the address 192.0.2.20",
     ]
-    assert "5 error(s)" in err
+    assert "6 error(s)" in err
     assert BAD_SECRET not in out + err
 
 
@@ -63,6 +64,7 @@ def test_invalid_inventory_as_json(capsys: pytest.CaptureFixture[str]) -> None:
         ("fleet", "container_work_dir"),
         ("fleet", "ascendcloud_package"),
         ("ds-b", "npu_devices"),
+        ("fleet", "ansible_host"),
     }
     assert BAD_SECRET not in out
 

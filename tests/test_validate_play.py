@@ -63,6 +63,7 @@ def test_bad_inventory_stops_before_any_connection(tmp_path: Path) -> None:
     assert "fleet: container_imgae: unknown setting; did you mean container_image?" in output
     assert "ds-b: npu_devices: lists NPU 1 more than once" in output
     assert "fleet: work_dir: /etc is a system directory" in output
+    assert "fleet: ansible_host: ds-a and ds-b share the address 192.0.2.20" in output
     assert "UNREACHABLE" not in output
     assert "unreachable=1" not in output and "unreachable=0" in output
     assert "TASK [Contact the server]" not in output and "TASK [Show llava]" not in output

@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -312,17 +313,17 @@ class Settings(BaseModel):
         description="Address Ansible connects to: IPv4/IPv6 or DNS name (default: the inventory name).",
         json_schema_extra=_scope("host"),
     )
-    npu_devices: list[int] | None = Field(
-        None,
-        description="NPU ids given to the container: `0-7`, `0,1,2,3` or a YAML list (default: all cards).",
-        json_schema_extra=_scope("host"),
-    )
     npu_count: int = Field(
         8,
         ge=1,
         le=16,
         description="Cards every server must report (npu-smi).",
         json_schema_extra=_scope("fleet"),
+    )
+    npu_devices: list[int] | None = Field(
+        None,
+        description="NPU ids given to the container: `0-7`, `0,1,2,3` or a YAML list (default: all cards).",
+        json_schema_extra=_scope("host"),
     )
     npu_driver_version: str | None = Field(
         None,
@@ -588,28 +589,33 @@ class Settings(BaseModel):
             raise ValueError(f"{value!r} must be an http(s) URL")
         return value
 
-    @model_validator(mode="after")
-    def _devices_within_count(self) -> Settings:
-        if self.npu_devices is not None:
-            outside = [d for d in self.npu_devices if d >= self.npu_count]
+    # Cross-field rules as field validators, so that they run (and report) even when an unrelated setting
+    # is wrong; `info.data` holds the settings declared above that were valid.
+    @field_validator("npu_devices")
+    @classmethod
+    def _devices_within_count(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        count = info.data.get("npu_count")
+        if value is not None and count is not None:
+            outside = [d for d in value if d >= count]
             if outside:
                 raise ValueError(
-                    f"npu_devices: NPU {', '.join(map(str, outside))} outside 0-{self.npu_count - 1} "
-                    f"(npu_count is {self.npu_count})"
+                    f"NPU {', '.join(map(str, outside))} outside 0-{count - 1} (npu_count is {count})"
                 )
+        return value
+
+    @field_validator("assets")
+    @classmethod
+    def _fetched_assets_need_paths(cls, value: Assets, info: ValidationInfo) -> Assets:
         for asset, setting in ASSET_SETTING.items():
-            spec: AssetSource = getattr(self.assets, asset)
-            value: str = getattr(self, setting)
-            if (
-                spec.source != "none"
-                and is_hub_id(value)
-                and setting in ("model_name_or_path", "vision_tower")
-            ):
+            spec: AssetSource = getattr(value, asset)
+            target = info.data.get(setting)
+            hub_allowed = setting in ("model_name_or_path", "vision_tower")
+            if spec.source != "none" and hub_allowed and isinstance(target, str) and is_hub_id(target):
                 raise ValueError(
-                    f"assets.{asset}: source {spec.source} puts the asset at {setting}, which is the hub id "
-                    f"{value!r}; give {setting} a path (e.g. ./playground/model/...) or use source none"
+                    f"{asset}: source {spec.source} puts the asset at {setting}, which is the hub id "
+                    f"{target!r}; give {setting} a path (e.g. ./playground/model/...) or use source none"
                 )
-        return self
+        return value
 
     @property
     def devices(self) -> list[int]:
@@ -763,11 +769,9 @@ def _pydantic_errors(host: str, exc: ValidationError, origins: Mapping[str, str]
     for item in exc.errors(include_input=False, include_url=False):
         message = item["msg"].removeprefix("Value error, ")
         setting = _error_location(item["loc"])
-        # model-level rules name their setting as "setting: message"
-        if not item["loc"]:
-            head, sep, rest = message.partition(": ")
-            if sep and (head.split(".")[0] in Settings.model_fields):
-                setting, message = head, rest
+        head, sep, rest = message.partition(": ")
+        if item["loc"] == ("assets",) and sep and head in ASSET_SETTING:
+            setting, message = f"assets.{head}", rest
         if item["type"] == "missing":
             message = "is required"
         errors.append(ConfigError(host, setting, message, origins.get(setting.split(".")[0])))
@@ -809,22 +813,25 @@ def validate_fleet(
     parsed: dict[str, Settings] = {}
     if not raw:
         raise FleetValidationError([ConfigError(FLEET, GROUP, f"the group {GROUP} has no hosts")])
+    addresses: dict[str, str] = {}
     for host, variables in raw.items():
         host_origins = origins.get(host, {})
         errors.extend(unknown_setting_errors(host, variables.keys(), host_origins))
         values, value_errors = _host_input(host, variables)
         errors.extend(value_errors)
+        addresses[host] = values["ansible_host"]
         try:
             parsed[host] = Settings.model_validate(values)
         except ValidationError as exc:
             errors.extend(_pydantic_errors(host, exc, host_origins))
     errors = _collapse_shared(errors, list(raw))
-    if len(parsed) == len(raw):
-        fleet, fleet_errors = _derive(parsed)
-        errors.extend(fleet_errors)
-        if not errors and fleet is not None:
-            return fleet
-    raise FleetValidationError(errors)
+    errors.extend(_cross_host_errors(parsed, addresses))  # over what parsed, so all errors come at once
+    if errors or len(parsed) < len(raw):
+        raise FleetValidationError(errors)
+    fleet, batch_errors = _derive(parsed)
+    if fleet is None:
+        raise FleetValidationError(batch_errors)
+    return fleet
 
 
 def _collapse_shared(errors: list[ConfigError], hosts: list[str]) -> list[ConfigError]:
@@ -847,15 +854,17 @@ def _collapse_shared(errors: list[ConfigError], hosts: list[str]) -> list[Config
     return result
 
 
-def _derive(parsed: dict[str, Settings]) -> tuple[FleetSettings | None, list[ConfigError]]:
-    """Cross-host rules and the values that depend on the whole fleet."""
+def _cross_host_errors(parsed: dict[str, Settings], addresses: Mapping[str, Any]) -> list[ConfigError]:
+    """Rules over several servers: distinct addresses, equal NPU counts, one job.
+
+    Addresses are compared as given (also for servers with other errors); the rest over servers that parsed.
+    """
     errors: list[ConfigError] = []
-    hosts = list(parsed)
-    settings = list(parsed.values())
 
     by_address: dict[str, list[str]] = {}
-    for host, s in parsed.items():
-        by_address.setdefault(s.ansible_host.lower(), []).append(host)
+    for host, address in addresses.items():
+        if isinstance(address, str):
+            by_address.setdefault(address.lower(), []).append(host)
     for address, sharing in by_address.items():
         if len(sharing) > 1:
             errors.append(
@@ -876,10 +885,14 @@ def _derive(parsed: dict[str, Settings]) -> tuple[FleetSettings | None, list[Con
         if len({repr(v) for v in values.values()}) > 1:
             detail = ", ".join(f"{h}: {v}" for h, v in values.items())
             errors.append(ConfigError(FLEET, name, f"must be the same on every server of the job ({detail})"))
-    if errors:
-        return None, errors
+    return errors
 
-    first = settings[0]
+
+def _derive(parsed: dict[str, Settings]) -> tuple[FleetSettings | None, list[ConfigError]]:
+    """The values that depend on the whole fleet: node ranks, master, world size, batch arithmetic."""
+    errors: list[ConfigError] = []
+    hosts = list(parsed)
+    first = next(iter(parsed.values()))
     nnodes = len(hosts)
     world_size = nnodes * len(first.devices)
     per_step = first.per_device_train_batch_size * world_size
