@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -122,12 +123,14 @@ def test_single_process_passes_with_figures(tmp_path: Path) -> None:
 
 
 def test_watchdog_bounds_a_stalled_process() -> None:
-    result = run([sys.executable, str(SCRIPT), *FAST, "--timeout", "4"], fault="stall:0")
+    result = run([sys.executable, str(SCRIPT), *FAST, "--timeout", "6"], fault="stall:0")
     assert result.returncode == accel_check.EXIT_TIMEOUT, result.stderr
     assert result.seconds < 15
     doc = result.doc
     assert doc["verdict"] == "FAIL" and doc["exit_code"] == 3 and doc["aborted"] == "timeout"
-    assert "timed out after 4 s in phase 'injected stall'" in doc["problems"][0]
+    # The stall comes after the imports, which a heavily loaded machine can stretch past the bound itself.
+    assert re.fullmatch(r"timed out after 6 s in phase '([a-z _]+)' \(rank 0 on \S+\)", doc["problems"][0])
+    assert doc["phase"] in ("injected stall", "versions", "matmul", "import torch")
     assert result.verdict_line.startswith("accel-check FAIL ")
 
 
@@ -171,7 +174,14 @@ def test_stalled_rank_fails_within_the_bound_naming_the_collective() -> None:
     doc = result.doc
     assert doc["verdict"] == "FAIL" and doc["exit_code"] == accel_check.EXIT_TIMEOUT
     problem = doc["problems"][0]
-    assert problem.startswith("all_reduce (gloo, 2 processes) did not complete within 6 s")
+    # Normally the gloo timeout (0.6 x --timeout) ends the collective first; on a loaded machine the
+    # watchdog may get there first. Either way the message names the collective and the missing rank.
+    assert problem.startswith(
+        (
+            "all_reduce (gloo, 2 processes) did not complete within 6 s",
+            "timed out after 10 s in phase 'all_reduce'",
+        )
+    ), problem
     assert "rank(s) 1 never reached it" in problem
     # The figures gathered before the stall are still reported.
     assert len(doc["devices"]) == 2 and doc["allreduce"]["ok"] is False

@@ -856,19 +856,24 @@ def run_check(state: CheckState) -> int:
         run_collective(state, "gather all_reduce results", lambda: dist.all_gather_object(outcomes, ar_raw))
         state.allreduce = summarise_allreduce(state, outcomes)
     except CollectiveFailed:
-        state.allreduce = state.allreduce or {
-            "backend": BACKEND_FOR[accelerator],
-            "world_size": launch.world_size,
-            "size_mb": opts.allreduce_mb,
-            "algbw_gbps": None,
-            "busbw_gbps": None,
-            "ok": False,
-        }
+        state.allreduce = state.allreduce or failed_allreduce(state)
         return finish(state)
     code = finish(state)
     with contextlib.suppress(Exception):
         dist.destroy_process_group()
     return code
+
+
+def failed_allreduce(state: CheckState) -> dict[str, Any]:
+    return {
+        "backend": BACKEND_FOR.get(state.report["accelerator"] or "cpu"),
+        "world_size": state.launch.world_size,
+        "size_mb": state.opts.allreduce_mb,
+        "iterations": state.opts.allreduce_iters,
+        "algbw_gbps": None,
+        "busbw_gbps": None,
+        "ok": False,
+    }
 
 
 def summarise_allreduce(state: CheckState, outcomes: list[Any]) -> dict[str, Any]:
@@ -919,6 +924,8 @@ def finish(state: CheckState, extra_problem: str | None = None, reason: str | No
         reports = state.rank_reports or [state.report]
         if not any(r.get("rank") == state.report["rank"] for r in reports):
             reports = [*reports, state.report]
+        if reason and state.launch.distributed and state.allreduce is None:
+            state.allreduce = failed_allreduce(state)
         extra: dict[str, Any] = {"phase": state.phase} if reason else {}
         if reason:
             extra["aborted"] = reason
