@@ -7,9 +7,6 @@ import json
 import sys
 from typing import Any
 
-from llava_devserver.config import FleetValidationError, json_schema, validate_fleet
-from llava_devserver.inventory import InventoryError, load_inventory, parse_extra_vars
-
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
 
@@ -43,6 +40,10 @@ def register(subparsers: Any) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    # Imported here: building the CLI parser should not pay for pydantic and Ansible.
+    from llava_devserver.config import FleetValidationError, validate_fleet
+    from llava_devserver.inventory import InventoryError, load_inventory, parse_extra_vars
+
     try:
         extra = parse_extra_vars(args.extra_vars)
         inventory = load_inventory(
@@ -82,5 +83,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_schema(args: argparse.Namespace) -> int:
+    from llava_devserver.config import json_schema
+
     print(json.dumps(json_schema(), indent=2))
     return EXIT_OK
