@@ -3,7 +3,8 @@
 
 For 10, 100 and 500 servers it writes an inventory (INI + group_vars + a few host_vars, one template),
 then times load (Ansible's InventoryManager/VariableManager) + validate (the Pydantic model), in process
-(best of 3) and as the `llava-devserver validate` command (a fresh Python, imports included).
+and as the `llava-devserver validate` command (a fresh Python, imports included), best of 3 each
+(the machine may be shared).
 The goal: under 2 s for 500 servers.
 """
 
@@ -57,18 +58,20 @@ def in_process(inventory: Path, repeat: int) -> float:
     return best
 
 
-def command(inventory: Path) -> float:
-    start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "llava_devserver.cli", "validate", "-i", str(inventory)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"validate failed:\n{result.stdout}{result.stderr}")
-    return elapsed
+def command(inventory: Path, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, "-m", "llava_devserver.cli", "validate", "-i", str(inventory)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        best = min(best, time.perf_counter() - start)
+        if result.returncode != 0:
+            raise SystemExit(f"validate failed:\n{result.stdout}{result.stderr}")
+    return best
 
 
 def main() -> int:
@@ -81,7 +84,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="validate-bench-") as tmp:
         for hosts in SIZES:
             inventory = write_inventory(Path(tmp) / str(hosts), hosts)
-            rows.append((hosts, in_process(inventory, args.repeat), command(inventory)))
+            rows.append((hosts, in_process(inventory, args.repeat), command(inventory, args.repeat)))
     base = rows[0][1]
     print(f"{'hosts':>6} {'load+validate s':>16} {'ms/host':>8} {'ratio':>6} {'CLI wall s':>11}")
     for hosts, seconds, wall in rows:
