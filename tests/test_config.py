@@ -581,3 +581,18 @@ def test_cross_field_and_cross_host_rules_report_alongside_other_errors(package:
         ("ds-1", "container_name"),
         ("fleet", "ansible_host"),  # the address rule runs over the servers that parsed
     }
+
+
+def test_control_files_must_be_readable(package: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import llava_devserver.config as config_module
+
+    real_access = config_module.os.access
+    # root reads everything; pretend the package is not readable for the one path under test
+    monkeypatch.setattr(
+        config_module.os, "access", lambda path, mode: str(path) != package and real_access(path, mode)
+    )
+    error = only_error(hosts(package))
+    assert (error.host, error.setting) == (
+        FLEET,
+        "ascendcloud_package",
+    ) and "is not readable" in error.message
