@@ -60,7 +60,10 @@ def test_bad_inventory_stops_before_any_connection(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "Invalid inventory:" in output
-    assert "fleet: container_imgae: unknown setting; did you mean container_image?" in output
+    assert (
+        "fleet: container_imgae: unknown setting; did you mean container_image? (on every server) "
+        "[tests/inventories/bad/group_vars/all.yml:5]"
+    ) in output
     assert "ds-b: npu_devices: lists NPU 1 more than once" in output
     assert "fleet: work_dir: /etc is a system directory" in output
     assert "fleet: ansible_host: ds-a and ds-b share the address 192.0.2.20" in output

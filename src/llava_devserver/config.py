@@ -755,7 +755,12 @@ def unknown_setting_errors(
             match = lowered[close[0]] if close else None
         if match is not None:
             errors.append(
-                ConfigError(host, name, f"unknown setting; did you mean {match}?", (origins or {}).get(name))
+                ConfigError(
+                    host,
+                    name,
+                    f"unknown setting; did you mean {match}?",
+                    (origins if origins is not None else {}).get(name),
+                )
             )
     return errors
 

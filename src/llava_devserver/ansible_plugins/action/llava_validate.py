@@ -25,13 +25,27 @@ from llava_devserver.config import (
 from llava_devserver.inventory import origin_of, plain
 
 
+class _Origins(dict[str, str]):
+    """file:line of our settings (filled as they are read) and, on demand, of a look-alike (a typo)."""
+
+    def __init__(self, hostvars: Any) -> None:
+        super().__init__()
+        self._raw = getattr(hostvars, "_vars", {})  # the untemplated values; best effort, private in 2.19
+
+    def get(self, name: str, default: Any = None) -> Any:
+        if name in self:
+            return self[name]
+        raw = self._raw.get(name) if isinstance(self._raw, Mapping) else None
+        return (origin_of(raw) if raw is not None else None) or default
+
+
 class _OurSettings(Mapping[str, Any]):
     """One host's hostvars as validate_fleet reads them: only our settings are templated (lazily, by
     Ansible's HostVarsVars) and made plain; the other names are listed but never rendered."""
 
     def __init__(self, hostvars: Mapping[str, Any]) -> None:
         self._hostvars = hostvars
-        self.origins: dict[str, str] = {}
+        self.origins = _Origins(hostvars)
 
     def __getitem__(self, name: str) -> Any:
         if name not in KNOWN_SETTINGS:
