@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -289,3 +290,21 @@ def test_invalid_daemon_json_stops_the_role_and_is_kept(fleet_dir: Path, runs: A
     message = failures(result).get("devserver-2", "")
     assert "/etc/docker/daemon.json on devserver-2 is not valid JSON" in message, message
     assert on("devserver-2", "cat /etc/docker/daemon.json").stdout == '{"runtimes": '
+
+
+def test_after_a_reboot_ip_forward_is_on_and_a_rerun_restores_docker_and_the_guard(
+    fleet_dir: Path, runs: Any
+) -> None:
+    """Last: reboots devserver-1 (the sim server's boot sets ip_forward=0, then applies /etc/sysctl.conf)."""
+    subprocess.run(["docker", "restart", "-t", "5", server("devserver-1")], check=True, timeout=120)
+    for _ in range(100):
+        if on("devserver-1", "pidof sshd").returncode == 0:
+            break
+        time.sleep(0.2)
+    assert on("devserver-1", "sysctl -n net.ipv4.ip_forward").stdout.strip() == "1"
+    # Nothing starts dockerd at boot without an init system, and its iptables rules are gone with it.
+    assert on("devserver-1", "pidof dockerd").returncode != 0
+    result = run_playbooks(fleet_dir, "playbooks/host.yml", "--limit", "devserver-1")
+    assert failures(result) == {}, failures(result)
+    assert on("devserver-1", "docker info --format '{{.ServerVersion}}'").returncode == 0
+    assert METADATA in on("devserver-1", "iptables -S DOCKER-USER").stdout
