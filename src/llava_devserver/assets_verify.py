@@ -221,7 +221,7 @@ def _check_torch_zip(path: str, result: VerifyResult, deep: bool) -> dict[str, i
     return _AnyName({info.filename: info.file_size for info in members if "/data/" in info.filename})
 
 
-class _AnyName(dict):  # type: ignore[type-arg]
+class _AnyName(dict):  # plain dict: servers may run Python < 3.9, where dict[...] cannot be subclassed
     """Storage sizes of a torch zip, which answers `in` for every tensor name (names are in the pickle)."""
 
     def __contains__(self, key: object) -> bool:

@@ -7,7 +7,7 @@ The modules use the Hugging Face parameter names (`model.layers.0.self_attn.q_pr
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -164,6 +164,14 @@ class ClipEmbeddings(nn.Module):
         return torch.cat([cls, patches], dim=1) + self.position_embedding.weight.to(patches.dtype)
 
 
+class ClipEncoder(nn.Module):
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.layers: nn.ModuleList = nn.ModuleList(
+            ClipEncoderLayer(config) for _ in range(config["num_hidden_layers"])
+        )
+
+
 class ClipVisionTransformer(nn.Module):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
@@ -180,7 +188,7 @@ class ClipVisionTransformer(nn.Module):
         """The embeddings and every layer's output, as `output_hidden_states=True` returns them."""
         x = self.pre_layrnorm(self.embeddings(pixels))
         states = [x]
-        for layer in self.encoder.layers:
+        for layer in cast(nn.ModuleList, self.encoder.layers):
             x = layer(x)
             states.append(x)
         return states

@@ -162,7 +162,8 @@ class ImageProcessor:
         image = image.convert("RGB")
         width, height = image.size
         scale = self.short_edge / min(width, height)
-        image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BICUBIC)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = image.resize(size, Image.Resampling.BICUBIC)
         width, height = image.size
         left, top = (width - self.crop) // 2, (height - self.crop) // 2
         image = image.crop((left, top, left + self.crop, top + self.crop))
@@ -171,7 +172,7 @@ class ImageProcessor:
         return (pixels - self.mean) / self.std
 
 
-class LazySupervisedDataset(Dataset):  # type: ignore[type-arg]
+class LazySupervisedDataset(Dataset[dict[str, Any]]):
     """Records of the pretrain JSON, tokenised the way LLaVA's `plain` conversation template does it:
     `<s>` + image + caption, with only the caption labelled."""
 
@@ -414,7 +415,7 @@ def train() -> None:
         ImageProcessor(args.vision_tower),
         args.model_max_length,
     )
-    sampler = DistributedSampler(
+    sampler: DistributedSampler[dict[str, Any]] = DistributedSampler(
         dataset, num_replicas=world.world_size, rank=world.rank, shuffle=True, seed=args.seed
     )
     loader = DataLoader(
