@@ -6,7 +6,7 @@ Docker objects of fleet NAME (all labelled `llava-devserver.sim.fleet=NAME`):
 - volumes `llava-sim-NAME-devserver-I-docker` at /var/lib/docker (the inner engine the roles install).
 
 The options are the ones that let a server run its own Docker engine without `--privileged` (refused here):
-SYS_ADMIN, NET_ADMIN and MKNOD, seccomp and AppArmor unconfined, the host's cgroup namespace with
+SYS_ADMIN, NET_ADMIN, MKNOD and SYS_PTRACE, seccomp and AppArmor unconfined, the host's cgroup namespace with
 /sys/fs/cgroup mounted rw, a volume at /var/lib/docker and a tmpfs at /run.
 """
 
@@ -151,7 +151,9 @@ def _create_server(
         hostname=name,
         labels=labels,
         detach=True,
-        cap_add=["SYS_ADMIN", "NET_ADMIN", "MKNOD"],
+        # SYS_PTRACE: `docker exec` into an inner container whose process runs as a non-root user (the
+        # training image's ma-user) must open that process's namespaces (runc's setns fails without it).
+        cap_add=["SYS_ADMIN", "NET_ADMIN", "MKNOD", "SYS_PTRACE"],
         security_opt=["seccomp=unconfined", "apparmor=unconfined"],
         cgroupns="host",
         volumes={
