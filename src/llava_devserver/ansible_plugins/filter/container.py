@@ -7,7 +7,7 @@
 - `{{ text | training_container_redact([secret]) }}`: the text without the secrets.
 - `{{ message | training_container_pull_problem(host, image) }}`,
   `{{ message | training_container_login_problem(host, registry, username) }}`,
-  `{{ loaded_names | training_container_loaded_problem(host, image, archive) }}` (None when fine),
+  `{{ loaded_names | training_container_loaded_problem(host, image, archive) }}` ("" when fine),
   `{{ npu_smi_dict | training_container_visible_problems(host, name, npus) }}`,
   `{{ inspect | training_container_report(image_inspect) }}`.
 """
@@ -59,10 +59,9 @@ def training_container_login_problem(message: Any, host: str, registry: str, use
     return spec.login_problem(host, registry, username, str(message))
 
 
-def training_container_loaded_problem(
-    loaded: Sequence[str], host: str, image: str, archive: str
-) -> str | None:
-    return spec.loaded_problem(host, image, archive, loaded)
+def training_container_loaded_problem(loaded: Sequence[str], host: str, image: str, archive: str) -> str:
+    """The sentence, or "" when the archive brought the image (a string either way, for `| length`)."""
+    return spec.loaded_problem(host, image, archive, loaded) or ""
 
 
 def training_container_visible_problems(

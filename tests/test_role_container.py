@@ -1,0 +1,358 @@
+"""The role training_container on a 2-server simulated fleet, checked through each server's Docker API.
+
+One fleet for the module (2 cores): devserver-1 starts with Docker preinstalled, devserver-2 with the
+`device-bound` fault (another container holds /dev/davinci0). A local registry (sim/registry.py) stands in
+for SWR. The tests run in file order, each building on the state the previous one left:
+
+0. (fixture) validate + host, with the registry among Docker's insecure registries.
+1. validate + container: devserver-1 gets its container from the image archive; devserver-2 is refused
+   (NPU 0 held) and has no container.
+2. NPU freed but /usr/local/dcmi removed on devserver-2: refused again, no container; devserver-1 changed=0.
+3. devserver-2 pulls from the registry (password from Ansible Vault): bad password, missing tag, then the
+   right image; the password never appears in the output; a rerun changes nothing.
+4. devserver-1 with a training job running: a changed shm size fails without container_recreate, and
+   recreates the container with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llava_devserver.npu_smi import parse_npu_smi
+
+pytestmark = pytest.mark.fleet
+
+REPO = Path(__file__).resolve().parents[1]
+FLEET = f"ctr-{os.getpid()}"
+NAME = "llava-pretrain"
+TEST_IMAGE_REPOSITORY = "llava-ctrtest/train"
+REGISTRY_REPOSITORY = "llava/ctrtest:1"
+GOOD_PASSWORD_MARK = "vaulted"  # the registry's real password is random; this names the vault file
+
+
+@dataclass
+class Fleet:
+    dir: Path
+    registry_address: str
+    registry_password: str
+    image: str  # the test image's local tag (also what the archive holds)
+    vault_file: Path
+
+
+def _docker_client():  # type: ignore[no-untyped-def]
+    import docker
+
+    try:
+        client = docker.from_env(timeout=300)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"fleet tests need a Docker engine (run scripts/ensure-docker.sh): {exc}")
+    return client
+
+
+def _test_image(client: Any, out: Path) -> tuple[str, Path]:
+    """A small stand-in for the vendor image: the sim base + ma-user:ma-group as default user."""
+    import io
+    import tarfile
+
+    from llava_devserver.sim.image import ensure_base_image
+
+    base = ensure_base_image(client)
+    dockerfile = (
+        f"FROM {base}\n"
+        "RUN groupadd -g 1000 ma-group && useradd -m -u 1000 -g ma-group -s /bin/bash ma-user\n"
+        'USER ma-user\nWORKDIR /home/ma-user\nCMD ["/bin/bash"]\n'
+    )
+    import hashlib
+
+    tag = f"{TEST_IMAGE_REPOSITORY}:{hashlib.sha256(dockerfile.encode()).hexdigest()[:12]}"
+    try:
+        client.images.get(tag)
+    except Exception:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo("Dockerfile")
+            info.size = len(dockerfile)
+            tar.addfile(info, io.BytesIO(dockerfile.encode()))
+        buffer.seek(0)
+        client.images.build(fileobj=buffer, custom_context=True, tag=tag, rm=True, pull=False)
+    archive = out / "ctrtest-image.tar"
+    with archive.open("wb") as handle:
+        for chunk in client.images.get(tag).save(named=True):
+            handle.write(chunk)
+    return tag, archive
+
+
+def _vault_string(vault_file: Path, name: str, value: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [str(REPO / ".venv/bin/ansible-vault"), "encrypt_string", "--vault-password-file", str(vault_file),
+         "--name", name, value],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return dict(yaml.safe_load(result.stdout.replace("!vault", "")))
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    from llava_devserver.sim import fleet as sim_fleet
+    from llava_devserver.sim import registry as sim_registry
+    from llava_devserver.sim.faults import parse_fault
+
+    client = _docker_client()
+    out = tmp_path_factory.mktemp("ctr")
+    network = sim_fleet.network_name(FLEET)
+    try:
+        sim_fleet.fleet_up(
+            FLEET,
+            2,
+            out,
+            faults={
+                "devserver-1": [parse_fault("docker-preinstalled")],
+                "devserver-2": [parse_fault("device-bound=0")],
+            },
+            job=False,
+        )
+        image, archive = _test_image(client, out)
+        registry = sim_registry.ensure_registry(client, network)
+        sim_registry.push_image(client, registry, image, REGISTRY_REPOSITORY)
+        package = out / "AscendCloud-6.3.906-test.zip"
+        with zipfile.ZipFile(package, "w") as zf:
+            zf.writestr("README", "stand-in")
+        vault_file = out / "vault-password"
+        vault_file.write_text("ctrtest-vault\n")
+        all_yml = out / "group_vars" / "all.yml"
+        settings = yaml.safe_load(all_yml.read_text())
+        settings |= {
+            "ascendcloud_package": str(package),
+            "container_image": image,
+            "container_image_archive": str(archive),
+            "global_batch_size": 4,
+            "per_device_train_batch_size": 1,
+            "docker_engine_insecure_registries": [registry.address],
+        }
+        all_yml.write_text(yaml.safe_dump(settings, sort_keys=False))
+        ready = Fleet(out, registry.address, registry.password, image, vault_file)
+        host = run_play(ready, ("validate", "host"))
+        assert host.rc == 0, host.output[-4000:]
+        # A restart of dockerd (insecure registry added) stops the other user's container: start it again.
+        from llava_devserver.sim.faults import apply_fault
+
+        apply_fault(sim_fleet.server(FLEET, "devserver-2"), parse_fault("device-bound=0"))
+        yield ready
+    finally:
+        sim_registry.remove_registry(client, network)
+        sim_fleet.fleet_down(FLEET, log=lambda _: None)
+
+
+def _playbook(fleet: Fleet, *plays: str) -> Path:
+    path = fleet.dir / f"play-{'-'.join(plays)}.yml"
+    path.write_text(
+        yaml.safe_dump(
+            [{"ansible.builtin.import_playbook": str(REPO / "playbooks" / f"{p}.yml")} for p in plays]
+        )
+    )
+    return path
+
+
+@dataclass
+class Run:
+    rc: int
+    output: str
+    recap: dict[str, dict[str, int]]
+
+
+def run_play(fleet: Fleet, plays: tuple[str, ...], *args: str) -> Run:
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",  # no fleet report for these runs
+        "ANSIBLE_FORCE_COLOR": "0",
+        "LLAVA_RUN_DIR": str(fleet.dir / "run"),
+        "PATH": f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
+    }
+    result = subprocess.run(
+        [str(REPO / ".venv/bin/ansible-playbook"), "-i", str(fleet.dir / "devserver.ini"),
+         "--vault-password-file", str(fleet.vault_file), str(_playbook(fleet, *plays)), *args],
+        capture_output=True, text=True, timeout=1500, check=False, cwd=REPO, env=env,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    recap = {}
+    for host, counts in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", output, re.MULTILINE):
+        recap[host] = {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", counts)}
+    return Run(result.returncode, output, recap)
+
+
+def ssh(fleet: Fleet, host: str, command: str) -> subprocess.CompletedProcess[str]:
+    ini = (fleet.dir / "devserver.ini").read_text()
+    match = re.search(rf"^{host} ansible_host=(\S+)", ini, re.MULTILINE)
+    assert match, f"{host} not in the inventory"
+    return subprocess.run(
+        [
+            "ssh", "-i", str(fleet.dir / "ssh" / "id_ed25519"), "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            f"root@{match.group(1)}", command,
+        ],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def inspect(fleet: Fleet, host: str) -> dict[str, Any] | None:
+    """The container as the server's Docker engine describes it (None when there is none)."""
+    result = ssh(fleet, host, f"docker inspect {NAME}")
+    if result.returncode != 0:
+        assert "No such object" in result.stderr or "no such" in result.stderr.lower(), result.stderr
+        return None
+    entry: dict[str, Any] = json.loads(result.stdout)[0]
+    return entry
+
+
+def assert_guide_container(fleet: Fleet, host: str, image: str, shm: int = 32 << 30) -> dict[str, Any]:
+    info = inspect(fleet, host)
+    assert info is not None, f"{host}: no container {NAME}"
+    assert info["State"]["Running"]
+    assert info["Config"]["Image"] == image
+    assert info["Config"]["User"] == "ma-user"  # the image's default user, not overridden
+    assert info["Config"]["Tty"] and info["Config"]["OpenStdin"] and info["Config"]["Cmd"] == ["/bin/bash"]
+    host_config = info["HostConfig"]
+    assert host_config["NetworkMode"] == "host"
+    assert host_config["ShmSize"] == shm
+    assert sorted(d["PathOnHost"] for d in host_config["Devices"]) == [
+        "/dev/davinci0", "/dev/davinci1", "/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc",
+    ]  # fmt: skip
+    mounts = {m["Destination"]: (m["Source"], m["Type"]) for m in info["Mounts"]}
+    assert mounts == {
+        "/usr/local/dcmi": ("/usr/local/dcmi", "bind"),
+        "/usr/local/Ascend/driver": ("/usr/local/Ascend/driver", "bind"),
+        "/usr/slog": ("/var/log/npu", "bind"),
+        "/usr/local/bin/npu-smi": ("/usr/local/bin/npu-smi", "bind"),
+        "/home/ma-user/ws": ("/data/llava-devserver", "bind"),
+    }
+    # npu-smi inside the container, parsed by the project's parser: exactly the two assigned NPUs
+    smi = ssh(fleet, host, f"docker exec {NAME} npu-smi info")
+    assert smi.returncode == 0, smi.stderr
+    assert sorted(card.npu for card in parse_npu_smi(smi.stdout).cards) == [0, 1]
+    owner = ssh(fleet, host, f"docker exec {NAME} stat -c %U:%G /home/ma-user/ws")
+    assert owner.stdout.strip() == "ma-user:ma-group"
+    return info
+
+
+def _host_vars(fleet: Fleet, host: str, values: dict[str, Any] | None) -> None:
+    path = fleet.dir / "host_vars" / f"{host}.yml"
+    path.parent.mkdir(exist_ok=True)
+    if values is None:
+        path.unlink(missing_ok=True)
+        return
+    text = yaml.safe_dump(
+        {k: v for k, v in values.items() if not isinstance(v, str) or "$ANSIBLE_VAULT" not in v}
+    )
+    for key, value in values.items():
+        if isinstance(value, str) and "$ANSIBLE_VAULT" in value:
+            text += f"{key}: !vault |\n" + "".join(f"  {line}\n" for line in value.strip().splitlines())
+    path.write_text(text)
+
+
+def test_archive_path_and_npu_held_by_another_container(fleet: Fleet) -> None:
+    run = run_play(fleet, ("validate", "container"))
+    assert run.recap["devserver-1"]["failed"] == 0, run.output[-4000:]
+    assert run.recap["devserver-2"]["failed"] == 1, run.output[-4000:]
+    assert (
+        "devserver-2: NPU 0 (/dev/davinci0) is held by the running container 'other-user-job'" in run.output
+    )
+    assert_guide_container(fleet, "devserver-1", fleet.image)
+    assert inspect(fleet, "devserver-2") is None
+
+
+def test_missing_mount_source_and_idempotence(fleet: Fleet) -> None:
+    assert ssh(fleet, "devserver-2", "docker rm -f other-user-job && rm -rf /usr/local/dcmi").returncode == 0
+    try:
+        run = run_play(fleet, ("validate", "container"))
+        assert run.recap["devserver-2"]["failed"] == 1, run.output[-4000:]
+        assert (
+            "devserver-2: mount source /usr/local/dcmi (the DCMI library of the NPU driver) does not exist"
+            in (run.output)
+        )
+        assert inspect(fleet, "devserver-2") is None
+        assert ssh(fleet, "devserver-2", "test -e /usr/local/dcmi").returncode != 0  # Docker made no dir
+        # devserver-1 already has its container: the second run changes nothing
+        assert run.recap["devserver-1"]["failed"] == 0 and run.recap["devserver-1"]["changed"] == 0, (
+            run.output
+        )
+    finally:
+        ssh(fleet, "devserver-2", "/usr/local/sbin/npu-sim-sync")
+
+
+def test_pull_from_registry_with_vault_credentials(fleet: Fleet) -> None:
+    image = f"{fleet.registry_address}/{REGISTRY_REPOSITORY}"
+    missing = f"{fleet.registry_address}/llava/ctrtest:does-not-exist"
+    wrong = "wrong-Pa55word"
+    vault = fleet.vault_file
+    good = _vault_string(vault, "container_registry_password", fleet.registry_password)
+    bad = _vault_string(vault, "container_registry_password", wrong)
+    base = {"container_image_archive": None, "container_registry_username": "llava"}
+    limit = ("--limit", "devserver-2")
+    try:
+        _host_vars(fleet, "devserver-2", {**base, "container_image": image, **bad})
+        run = run_play(fleet, ("validate", "container"), *limit)
+        assert run.recap["devserver-2"]["failed"] == 1, run.output[-4000:]
+        assert f"devserver-2: login to the registry {fleet.registry_address} as 'llava' failed" in run.output
+        assert wrong not in run.output and fleet.registry_password not in run.output
+        assert inspect(fleet, "devserver-2") is None
+
+        _host_vars(fleet, "devserver-2", {**base, "container_image": missing, **good})
+        run = run_play(fleet, ("validate", "container"), *limit)
+        assert run.recap["devserver-2"]["failed"] == 1, run.output[-4000:]
+        assert f"devserver-2: container_image {missing} was not found in the registry" in run.output
+        assert fleet.registry_password not in run.output
+        assert inspect(fleet, "devserver-2") is None
+
+        _host_vars(fleet, "devserver-2", {**base, "container_image": image, **good})
+        run = run_play(fleet, ("validate", "container"), *limit)
+        assert run.recap["devserver-2"]["failed"] == 0, run.output[-4000:]
+        assert fleet.registry_password not in run.output
+        info = assert_guide_container(fleet, "devserver-2", image)
+        digests = ssh(
+            fleet, "devserver-2", f"docker image inspect -f '{{{{json .RepoDigests}}}}' {info['Image']}"
+        )
+        assert json.loads(digests.stdout)[0].startswith(f"{fleet.registry_address}/llava/ctrtest@sha256:")
+        # no credentials left on the server
+        config = ssh(fleet, "devserver-2", "cat /root/.docker/config.json 2>/dev/null || true").stdout
+        assert fleet.registry_address not in config or '"auth"' not in config
+
+        again = run_play(fleet, ("validate", "container"), *limit)
+        assert again.recap["devserver-2"]["changed"] == 0, again.output[-4000:]
+    finally:
+        _host_vars(fleet, "devserver-2", None)
+
+
+def test_changed_setting_with_a_running_job(fleet: Fleet) -> None:
+    before = inspect(fleet, "devserver-1")
+    assert before is not None
+    job = ssh(
+        fleet,
+        "devserver-1",
+        f"docker exec -d {NAME} bash -c 'exec -a \"python llava/train/train_mem.py\" sleep 600'",
+    )
+    assert job.returncode == 0, job.stderr
+    limit = ("--limit", "devserver-1", "-e", "container_shm_size=1g")
+    run = run_play(fleet, ("validate", "container"), *limit)
+    assert run.recap["devserver-1"]["failed"] == 1, run.output[-4000:]
+    assert "recreating it would kill the training job running in it" in run.output
+    assert "container_recreate: true" in run.output
+    kept = inspect(fleet, "devserver-1")
+    assert kept is not None and kept["Id"] == before["Id"] and kept["HostConfig"]["ShmSize"] == 32 << 30
+
+    run = run_play(fleet, ("validate", "container"), *limit, "-e", "container_recreate=true")
+    assert run.recap["devserver-1"]["failed"] == 0, run.output[-4000:]
+    after = assert_guide_container(fleet, "devserver-1", fleet.image, shm=1 << 30)
+    assert after["Id"] != before["Id"]
