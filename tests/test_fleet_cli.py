@@ -3,6 +3,7 @@ in a real terminal (tmux). Runs against a local-connection inventory: no Docker,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -257,3 +258,40 @@ def test_live_display_in_a_real_terminal(tmp_path: Path) -> None:
         assert any("node-b" in row and "failed" in row and "broken on purpose" in row for row in rows)
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
+@pytest.mark.fleet
+def test_down_stops_the_job_and_removes_the_container_keeping_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real container with a process group standing in for the job; `down` through the local Docker."""
+    import docker
+
+    from llava_devserver.sim.image import ensure_server_image
+
+    client = docker.from_env()
+    name = f"fleetcli-down-{uuid.uuid4().hex[:8]}"
+    inventory = local_inventory(tmp_path, hosts=("node-a",))
+    settings = json.loads((tmp_path / "group_vars" / "all.yml").read_text())
+    (tmp_path / "group_vars" / "all.yml").write_text(json.dumps(settings | {"container_name": name}))
+    container = client.containers.run(
+        ensure_server_image(client), ["sleep", "infinity"], name=name, detach=True, entrypoint=[]
+    )
+    try:
+        container.exec_run(["setsid", "bash", "-c", "sleep 1000 & sleep 1001; wait"], detach=True)
+        time.sleep(1)
+        pid = int(container.exec_run(["pgrep", "-f", "^bash -c sleep 1000"]).output.split()[0])
+        job = write_job(tmp_path, state="running", pid=pid, log="/nowhere", node_rank=0)
+        (tmp_path / "work" / "data.bin").write_bytes(b"keep me")
+        assert main(["down", "-i", str(inventory), "--run-dir", str(tmp_path / "run")]) == 0
+        out = capsys.readouterr().out
+        assert "node-a changed" in out
+        with pytest.raises(docker.errors.NotFound):
+            client.containers.get(name)
+        assert json.loads(job.read_text())["state"] == "stopped"
+        assert (tmp_path / "work" / "data.bin").read_bytes() == b"keep me"
+        # Again: nothing left to do, still fine.
+        assert main(["down", "-i", str(inventory), "--run-dir", str(tmp_path / "run2")]) == 0
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            client.containers.get(name).remove(force=True)
