@@ -295,3 +295,23 @@ def test_down_stops_the_job_and_removes_the_container_keeping_data(
     finally:
         with contextlib.suppress(docker.errors.NotFound):
             client.containers.get(name).remove(force=True)
+
+
+def test_logs_follow_streams_new_lines(tmp_path: Path) -> None:
+    inventory = local_inventory(tmp_path)
+    log = tmp_path / "train.log"
+    log.write_text("step 1\n")
+    write_job(tmp_path, state="running", log=str(log))
+    follower = subprocess.Popen(
+        [CLI, "logs", "-i", str(inventory), "-n", "1", "--follow"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert follower.stdout is not None
+        assert follower.stdout.readline() == "step 1\n"
+        with log.open("a") as handle:
+            handle.write("{'loss': 1.5, 'epoch': 0.1}\n")
+        assert follower.stdout.readline() == "{'loss': 1.5, 'epoch': 0.1}\n"
+        assert follower.poll() is None  # still following
+    finally:
+        follower.terminate()
+        follower.wait(timeout=10)

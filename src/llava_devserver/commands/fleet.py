@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -390,8 +391,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     remote = remote_log_command(str(fleet.settings[host]["work_dir"]), args.lines, args.follow)
+    argv = ssh_argv(fleet.hosts[host], host, remote)
+    if args.follow:  # become the stream: Ctrl-C or a signal ends ssh/tail, not only this process
+        sys.stdout.flush()
+        try:
+            os.execvp(argv[0], argv)
+        except OSError as exc:
+            print(f"error: {argv[0]}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
     try:
-        rc = subprocess.call(ssh_argv(fleet.hosts[host], host, remote))
+        rc = subprocess.call(argv)
     except FileNotFoundError as exc:
         print(f"error: {exc.filename}: not found on this machine", file=sys.stderr)
         return EXIT_USAGE
