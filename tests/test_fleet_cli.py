@@ -315,3 +315,13 @@ def test_logs_follow_streams_new_lines(tmp_path: Path) -> None:
     finally:
         follower.terminate()
         follower.wait(timeout=10)
+
+
+def test_up_limit_shows_only_the_limited_hosts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inventory = local_inventory(tmp_path)
+    playbook = write_playbook(tmp_path, PLAYBOOK)
+    args = ["up", "-i", str(inventory), "--playbook", str(playbook), "--run-dir", str(tmp_path / "run")]
+    assert main([*args, "-e", f"out={tmp_path}", "--limit", "node-b", "-e", "break_b=false"]) == 0
+    out = capsys.readouterr().out
+    assert "node-b changed" in out and "node-a" not in out
+    assert not (tmp_path / "node-a.run_dir").exists()

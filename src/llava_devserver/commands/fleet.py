@@ -137,7 +137,9 @@ def _play(
     summary: bool = True,
 ) -> RunResult | int:
     console = console or Console()
-    display = LiveDisplay(hosts, console=console, live=False if args.plain else None)
+    # With --limit, hosts appear as Ansible reaches them (the others would only sit there as "not run").
+    shown = [] if getattr(args, "limit", None) else hosts
+    display = LiveDisplay(shown, console=console, live=False if args.plain else None)
     try:
         with display:
             result = run_playbook(
