@@ -210,8 +210,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     result = _play(args, args.playbook, list(fleet.settings), check=True, diff=True, summary=False)
     if isinstance(result, int):
         return result
-    print("Plan (check mode, nothing changed):")
-    for line in plan_lines(result, list(fleet.settings)):
+    hosts = list(fleet.settings)
+    if args.limit:
+        hosts = [h for h in hosts if h in result.stats or h in result.failures]
+    print(f"Plan (check mode, nothing changed; the diffs are in {result.log_path}):")
+    for line in plan_lines(result, hosts):
         print(f"  {line}")
     _print_paths(result)
     return result.exit_code
