@@ -325,3 +325,14 @@ def test_up_limit_shows_only_the_limited_hosts(tmp_path: Path, capsys: pytest.Ca
     out = capsys.readouterr().out
     assert "node-b changed" in out and "node-a" not in out
     assert not (tmp_path / "node-a.run_dir").exists()
+
+
+def test_up_playbook_error_before_any_host(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inventory = local_inventory(tmp_path)
+    playbook = write_playbook(tmp_path, "- name: Broken\n  ansible.builtin.import_playbook: missing.yml\n")
+    args = ["up", "-i", str(inventory), "--playbook", str(playbook), "--run-dir", str(tmp_path / "run")]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "ansible-playbook failed before reaching any host:" in captured.err
+    assert "missing.yml" in captured.err
+    assert "node-a not run" in captured.out

@@ -37,13 +37,14 @@ STATUS_STYLE = {
     "failed": "bold red",
     "unreachable": "bold magenta",
     "not run": "dim",
+    "stopped": "yellow",
 }
 
 
 @dataclass
 class HostState:
     name: str
-    status: str = "pending"  # pending, running, failed, unreachable; at the end ok/changed/not run
+    status: str = "pending"  # pending, running, failed, unreachable; at the end ok/changed/not run/stopped
     play: str = ""
     role: str = ""
     task: str = ""
@@ -396,6 +397,10 @@ class LiveDisplay:
     def print_summary(self) -> None:
         """The table on a terminal; on a log, one plain line per host (readable at any width)."""
         with self._lock:
+            if not self.state.finished:  # ansible-playbook stopped early (a syntax error, Ctrl-C): no recap
+                for host in self.state.hosts.values():
+                    if host.status in ("pending", "running"):
+                        host.status = "not run" if host.results == 0 else "stopped"
             summary: RenderableType = render_summary(self.state)
             lines = [plain_line(host) for host in self.state.hosts.values()]
             overall = overall_line(self.state, self._clock())

@@ -164,6 +164,9 @@ def _play(
 
 
 def _print_paths(result: RunResult) -> None:
+    if result.rc != 0 and not result.stats:  # ansible-playbook stopped before any host (syntax, missing file)
+        tail = result.log_path.read_text(errors="replace").strip().splitlines()[-15:]
+        print("\n".join(["ansible-playbook failed before reaching any host:", *tail]), file=sys.stderr)
     print(f"Log: {result.log_path}")
     report = result.run_dir / "report.md"
     if report.is_file():
