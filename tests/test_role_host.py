@@ -116,6 +116,17 @@ def changed_tasks(result: dict[str, Any], host: str) -> list[str]:
     ]
 
 
+def last_fact(result: dict[str, Any], host: str, name: str) -> Any:
+    found = [
+        task["hosts"][host]["ansible_facts"][name]
+        for play in result["plays"]
+        for task in play["tasks"]
+        if name in task["hosts"].get(host, {}).get("ansible_facts", {})
+    ]
+    assert found, f"{host} never set {name}"
+    return found[-1]
+
+
 def daemon_json(host: str) -> dict[str, Any]:
     done = on(host, "cat /etc/docker/daemon.json")
     assert done.returncode == 0, done.stderr
@@ -208,6 +219,18 @@ def test_second_run_changes_nothing(runs: tuple[dict[str, Any], dict[str, Any]])
     assert failures(second) == {}
     for host in ("devserver-1", "devserver-2"):
         assert second["stats"][host]["changed"] == 0, changed_tasks(second, host)
+
+
+def test_report_fact_of_the_first_run(runs: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    first, _ = runs
+    fresh = last_fact(first, "devserver-1", "llava_report_host")
+    preinstalled = last_fact(first, "devserver-2", "llava_report_host")
+    assert fresh["docker_installed_this_run"] is True
+    assert preinstalled["docker_installed_this_run"] is False
+    for report in (fresh, preinstalled):
+        assert report["docker_version"], report
+        assert report["docker_daemon_mode"] == "detached"  # the simulated servers run tini, not systemd
+        assert report["ip_forward"] == 1 and report["metadata_guard"] is True
 
 
 def test_ip_forward_is_on_and_persisted(runs: Any, before: dict[str, str]) -> None:
