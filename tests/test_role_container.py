@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from llava_devserver.npu_smi import parse_npu_smi
+from llava_devserver.npu_smi import NpuSmiInfo, parse_npu_smi
 
 pytestmark = pytest.mark.fleet
 
@@ -50,7 +50,7 @@ class Fleet:
     vault_file: Path
 
 
-def _docker_client():  # type: ignore[no-untyped-def]
+def _docker_client() -> Any:
     import docker
 
     try:
@@ -241,7 +241,9 @@ def assert_guide_container(fleet: Fleet, host: str, image: str, shm: int = 32 <<
     # npu-smi inside the container, parsed by the project's parser: exactly the two assigned NPUs
     smi = ssh(fleet, host, f"docker exec {NAME} npu-smi info")
     assert smi.returncode == 0, smi.stderr
-    assert sorted(card.npu for card in parse_npu_smi(smi.stdout).cards) == [0, 1]
+    parsed = parse_npu_smi(smi.stdout)
+    assert isinstance(parsed, NpuSmiInfo)
+    assert sorted(card.npu for card in parsed.cards) == [0, 1]
     owner = ssh(fleet, host, f"docker exec {NAME} stat -c %U:%G /home/ma-user/ws")
     assert owner.stdout.strip() == "ma-user:ma-group"
     return info
