@@ -98,6 +98,10 @@ def ensure_training_image(client: docker.DockerClient) -> TrainingImage:
             archive.unlink(missing_ok=True)
         if not archive.is_file():
             _save(client, tag, archive)
+            # Archives of earlier recipes are 1 GB each and nothing loads them any more.
+            for stale in IMAGES_DIR.glob(f"{REPOSITORY.replace('/', '_')}_*.tar"):
+                if stale != archive:
+                    stale.unlink(missing_ok=True)
     return TrainingImage(tag=tag, archive=archive)
 
 
