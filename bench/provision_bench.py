@@ -214,6 +214,16 @@ def _cpu(run: dict[str, Any] | None) -> str:
     return f"{run['control_cpu_s']:.0f} / {'-' if server is None else f'{server:.0f}'}"
 
 
+CPU_RUNS = (("ansible_full", "full converge"), ("ansible_noop", "no-op"))
+
+
+def _cores(run: dict[str, Any] | None) -> str:
+    """Average cores busy for this run: (control + servers CPU seconds) / wall seconds."""
+    if not run or not run.get("wall_s") or run.get("server_cpu_s") is None:
+        return "?"
+    return f"{(run['control_cpu_s'] + run['server_cpu_s']) / run['wall_s']:.2f}"
+
+
 def _servers(size: str) -> str:
     return "1 server" if size == "1" else f"{size} servers"
 
@@ -244,18 +254,17 @@ def render_doc(results: dict[str, Any]) -> str:
     lines += ["", "## Ratios", ""]
     first = results["sizes"].get("1", {})
     for size in sizes:
-        if size == "1":
-            continue
         r = results["sizes"][size]
         parts = []
         for key, label in (("ansible_noop", "no-op"), ("ansible_full", "full converge")):
-            if r.get(key) and first.get(key):
+            if size != "1" and r.get(key) and first.get(key):
                 parts.append(f"{label} {r[key]['wall_s'] / first[key]['wall_s']:.2f}x of 1 server")
         if r.get("baseline_full") and r.get("ansible_full"):
             ratio = r["baseline_full"]["wall_s"] / r["ansible_full"]["wall_s"]
             parts.append(
                 f"sequential baseline / Ansible full converge = {ratio:.2f} (above 1: Ansible faster)"
             )
+        parts += [f"{label} used {_cores(r.get(key))} cores" for key, label in CPU_RUNS if r.get(key)]
         if parts:
             lines.append(f"- {_servers(size)}: " + "; ".join(parts) + ".")
     lines += ["", "## Where the time goes (slowest tasks, profile_tasks)", ""]
@@ -269,12 +278,14 @@ def render_doc(results: dict[str, Any]) -> str:
                 lines.append(f"- {_servers(size)}, {key.replace('ansible_', '')}: {tasks}")
     lines += [
         "",
-        "Columns: wall-clock seconds. `CPU s control / servers`: CPU seconds of the control node (this",
-        "process, ansible-playbook and ssh) and of all simulated servers together (cgroup cpuacct); with",
-        "2 cores, CPU seconds close to 2x the wall time mean the machine, not the",
-        "playbooks, set the pace. `load before`: 1-minute load average when the run started (other work on",
-        "the machine). The baseline does less than the roles (no daemon.json merge, no Docker start, no",
-        "metadata guard); it is the floor of doing the guide's step 1 by hand, one server after another.",
+        "Columns: wall-clock seconds. `CPU s control/servers`: CPU seconds of the control node (this",
+        "process, ansible-playbook, ssh) and of all simulated servers together (cgroup cpuacct of their",
+        "containers). `cores used` = (control + servers CPU seconds) / wall seconds: near 2 on this 2-core",
+        "machine means the CPUs set the pace; well below 2 with a `load before` above 2 means our processes",
+        "waited for CPUs busy with other work on the machine (the figures are then upper bounds); well",
+        "below 2 with a low load means waiting on the network (apt downloads) or on SSH round trips.",
+        "The baseline does less than the roles (no daemon.json merge, no Docker start, no metadata guard,",
+        "no report); it is the floor of doing the guide's step 1 by hand, one server after another.",
         "",
     ]
     return "\n".join(lines)
