@@ -178,3 +178,52 @@ def test_refuses_what_the_real_stack_refuses(
     assert result.returncode != 0
     assert message in result.stderr
     assert "ignoring arguments this trainer does not model: --unknown_hf_arg 1" in result.stderr
+
+
+def test_two_nodes_with_their_own_output_dirs_resume(job: dict[str, Path], tmp_path: Path) -> None:
+    """torchrun per node (--nnodes 2 --node_rank N), ZeRO-2 from --deepspeed, output_dir not shared: each node
+    keeps what it needs to resume, and the job resumes on both."""
+
+    def launch(max_steps: int) -> list[subprocess.Popen[str]]:
+        return [
+            subprocess.Popen(
+                [
+                    str(BIN / "torchrun"),
+                    "--nnodes",
+                    "2",
+                    "--node_rank",
+                    str(rank),
+                    "--nproc_per_node",
+                    "1",
+                    "--master_addr",
+                    "127.0.0.1",
+                    "--master_port",
+                    "29613",
+                    "llava/train/train_mem.py",
+                    "--deepspeed",
+                    "./scripts/zero2.json",
+                    *_args(job, tmp_path / f"node{rank}", save_steps=4, max_steps=max_steps),
+                ],
+                cwd=job["llava"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for rank in (0, 1)
+        ]
+
+    def finish(processes: list[subprocess.Popen[str]]) -> list[str]:
+        outputs = [p.communicate(timeout=240)[0] for p in processes]
+        for process, output in zip(processes, outputs, strict=True):
+            assert process.returncode == 0, output[-3000:]
+        return outputs
+
+    first = finish(launch(4))
+    assert len(_losses(first[0])) == 4 and not _losses(first[1])  # global rank 0 prints, node 1 does not
+    for rank in (0, 1):
+        checkpoint = tmp_path / f"node{rank}" / "checkpoint-4"
+        assert (checkpoint / "latest").read_text() == "global_step4"
+        assert (checkpoint / "global_step4" / "mp_rank_00_model_states.pt").is_file()
+    second = finish(launch(6))
+    assert "Continuing training from global step 4" in second[0]
+    assert len(_losses(second[0])) == 2

@@ -474,7 +474,8 @@ def train() -> None:
     if resume_step:
         checkpoint_dir = output_dir / f"{PREFIX_CHECKPOINT_DIR}-{resume_step}"
         if engine is not None:
-            load_path, _ = engine.load_checkpoint(str(checkpoint_dir))
+            # The tag named outright: DeepSpeed writes `latest` on global rank 0's node only.
+            load_path, _ = engine.load_checkpoint(str(checkpoint_dir), tag=f"global_step{resume_step}")
             if load_path is None:
                 raise RuntimeError(f"{checkpoint_dir}: DeepSpeed found no checkpoint to load")
         else:
@@ -619,6 +620,8 @@ def _save_checkpoint(
     if is_local_main:
         # Every node writes its own copy: each server has its own output_dir.
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if engine is not None and not (checkpoint_dir / "latest").exists():
+            (checkpoint_dir / "latest").write_text(f"global_step{step}")
         torch.save(projector_state(model), checkpoint_dir / "mm_projector.bin")
         if engine is None:
             torch.save(
