@@ -30,6 +30,7 @@ from docker.models.containers import Container
 from llava_devserver.sim import image as sim_image
 from llava_devserver.sim.faults import DOCKER_FAULTS, Fault, apply_fault, put_file
 from llava_devserver.sim.inventory import SimHost, SimJob, sim_group_vars, write_inventory
+from llava_devserver.sim.registry import ensure_registry, push_image, registry_settings, remove_registry
 
 PREFIX = "llava-sim"
 FLEET_LABEL = "llava-devserver.sim.fleet"
@@ -245,8 +246,14 @@ def fleet_up(
     devices_per_host: int = 2,
     job: bool = True,
     log: Log = print,
+    registry: bool = False,
 ) -> FleetResult:
-    """Start (or reuse) fleet `fleet` with n_hosts servers and write its inventory to out_dir."""
+    """Start (or reuse) fleet `fleet` with n_hosts servers and write its inventory to out_dir.
+
+    registry: with the job, also start a local registry standing in for SWR on the fleet network, push the
+    training image to it and write an inventory that pulls the image from there (instead of loading the
+    archive), with the registry's credentials and its address among Docker's insecure registries.
+    """
     check_fleet_name(fleet)
     if n_hosts < 1:
         raise FleetError(f"--hosts must be >= 1, got {n_hosts}")
@@ -316,6 +323,13 @@ def fleet_up(
     created = sum(1 for _, was_created in results if was_created)
 
     settings = sim_group_vars(n_hosts, npus, devices_per_host, job_stand_ins, DEFAULT_DRIVER)
+    if registry and job_stand_ins is not None:
+        mark = time.monotonic()
+        stand_in = ensure_registry(client, network_name(fleet))
+        reference = push_image(client, stand_in, job_stand_ins.image_tag, job_stand_ins.image_tag)
+        settings |= registry_settings(stand_in, reference)
+        timings["registry"] = time.monotonic() - mark
+        log(f"sim: registry {stand_in.address} serves {reference} ({timings['registry']:.1f} s)")
     inventory = write_inventory(out_dir, sim_hosts, key, fleet, settings, job=job)
     timings["total"] = time.monotonic() - started
     log(
@@ -376,6 +390,7 @@ def fleet_down(fleet: str | None = None, log: Log = print) -> list[str]:
         volume.remove(force=True)
         removed.append(volume.name)
     for network in client.networks.list(filters={"label": label}):
+        removed += remove_registry(client, network.name)  # a network with a container attached stays
         network.remove()
         removed.append(network.name)
     log(f"sim: removed {len(removed)} objects" + (f" of fleet {fleet!r}" if fleet else " of every fleet"))

@@ -217,3 +217,18 @@ def remove_registry(client: docker.DockerClient, network: str) -> list[str]:
         container.remove(force=True, v=True)
         removed.append(str(container.name))
     return removed
+
+
+def registry_settings(registry: SimRegistry, image_reference: str) -> dict[str, object]:
+    """Inventory settings that make the container role pull `image_reference` from this registry.
+
+    The password is written in clear into the simulated fleet's group_vars (a throwaway registry on a
+    private network); for real servers keep container_registry_password in Ansible Vault.
+    """
+    return {
+        "container_image": image_reference,
+        "container_image_archive": None,
+        "container_registry_username": registry.username,
+        "container_registry_password": registry.password,
+        "docker_engine_insecure_registries": [registry.address],
+    }
