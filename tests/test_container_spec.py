@@ -184,3 +184,15 @@ def test_filters_are_thin_and_fail_as_filter_errors() -> None:
         filters["training_container_spec"]({**LLAVA, "npu_devices": []})
     with pytest.raises(AnsibleFilterError, match="training_container_bound_problems"):
         filters["training_container_bound_problems"]("not json", "h", [0], "c")
+
+
+def test_sim_registry_settings_make_the_role_pull() -> None:
+    from llava_devserver.sim.registry import SimRegistry, registry_settings
+
+    registry = SimRegistry("r", "172.30.0.2:5000", "127.0.0.1:32768", "llava", "pw")
+    assert registry.reference("llava/train:1") == "172.30.0.2:5000/llava/train:1"
+    assert registry.reference("llava/train:1", local=True) == "127.0.0.1:32768/llava/train:1"
+    settings = registry_settings(registry, registry.reference("llava/train:1"))
+    assert settings["container_image_archive"] is None
+    assert settings["docker_engine_insecure_registries"] == ["172.30.0.2:5000"]
+    assert cs.registry_of(str(settings["container_image"])) == "172.30.0.2:5000"

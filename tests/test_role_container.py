@@ -8,8 +8,9 @@ for SWR. The tests run in file order, each building on the state the previous on
 1. validate + container: devserver-1 gets its container from the image archive; devserver-2 is refused
    (NPU 0 held) and has no container.
 2. NPU freed but /usr/local/dcmi removed on devserver-2: refused again, no container; devserver-1 changed=0.
-3. devserver-2 pulls from the registry (password from Ansible Vault): bad password, missing tag, then the
-   right image; the password never appears in the output; a rerun changes nothing.
+3. devserver-2 pulls from the registry (password from Ansible Vault): bad password, missing tag, check
+   mode (changes nothing), then the right image; the password never appears in the output; a rerun
+   changes nothing.
 4. devserver-1 with a training job running: a changed shm size fails without container_recreate, and
    recreates the container with it.
 """
@@ -319,6 +320,13 @@ def test_pull_from_registry_with_vault_credentials(fleet: Fleet) -> None:
         assert inspect(fleet, "devserver-2") is None
 
         _host_vars(fleet, "devserver-2", {**base, "container_image": image, **good})
+        # check mode first: says what it would do, pulls and creates nothing
+        check = run_play(fleet, ("validate", "container"), *limit, "--check")
+        assert check.recap["devserver-2"]["failed"] == 0, check.output[-4000:]
+        assert check.recap["devserver-2"]["changed"] > 0
+        assert inspect(fleet, "devserver-2") is None
+        assert ssh(fleet, "devserver-2", f"docker image inspect {image}").returncode != 0
+
         run = run_play(fleet, ("validate", "container"), *limit)
         assert run.recap["devserver-2"]["failed"] == 0, run.output[-4000:]
         assert fleet.registry_password not in run.output
