@@ -43,6 +43,7 @@ CLI = str(Path(sys.executable).parent / "llava-devserver")
 RESULTS = ROOT / ".cache" / "bench" / "provision.json"
 DOC = ROOT / "docs" / "benchmarks.md"
 FLEET_PREFIX = "fleetbench"
+SIM_DEVICES_PER_HOST = 2  # `sim up` default: cards given to the training container
 # The container playbook needs the job stand-ins (training image), which `sim up --no-job` does not build.
 HOST_LEVEL = ("validate", "preflight", "host")
 CGROUP_CPU = Path("/sys/fs/cgroup/cpuacct/docker")
@@ -155,10 +156,8 @@ def slowest_tasks(ansible_log: Path, n: int = 5) -> list[tuple[str, float]]:
     return found[:n]
 
 
-def ansible_run(inventory: Path, playbook: Path, package: Path, run_dir: Path) -> dict[str, Any]:
-    result = run_playbook(
-        playbook, inventory, extravars={"ascendcloud_package": str(package)}, run_dir=run_dir
-    )
+def ansible_run(inventory: Path, playbook: Path, extravars: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    result = run_playbook(playbook, inventory, extravars=extravars, run_dir=run_dir)
     return {
         "ok": result.exit_code == 0,
         "changed": sum(s.changed for s in result.stats.values()),
@@ -303,16 +302,23 @@ def write_doc(results: dict[str, Any]) -> str:
 def bench_size(size: int, work: Path, playbook: Path, results: dict[str, Any], baseline: bool) -> None:
     fleet = f"{FLEET_PREFIX}-{size}"
     out = work / fleet
-    entry: dict[str, Any] = {}
-    results["sizes"][str(size)] = entry
+    entry: dict[str, Any] = results["sizes"].setdefault(str(size), {})  # --keep: other runs of it stay
     try:
         inventory = sim_up(fleet, size, out)
-        package = out / "AscendCloud-6.3.906-20240101000000.zip"
+        extravars = {
+            "ascendcloud_package": str(out / "AscendCloud-6.3.906-20240101000000.zip"),
+            # The batch arithmetic must hold for any size (per device x accumulation x world = global).
+            "per_device_train_batch_size": 1,
+            "gradient_accumulation_steps": 1,
+            "global_batch_size": size * SIM_DEVICES_PER_HOST,
+        }
         for key in ("ansible_full", "ansible_noop"):
             log(f"{size} servers: {key} ...")
             run_dir = RESULTS.parent / "runs" / f"{size}-{key}"
             shutil.rmtree(run_dir, ignore_errors=True)
-            entry[key] = measure(fleet, functools.partial(ansible_run, inventory, playbook, package, run_dir))
+            entry[key] = measure(
+                fleet, functools.partial(ansible_run, inventory, playbook, extravars, run_dir)
+            )
             log(f"{size} servers: {key} {entry[key]['wall_s']} s, ok={entry[key]['ok']}")
             save_results(results)
         if baseline:
