@@ -129,6 +129,7 @@ def test_torchrun_two_processes_loss_falls_then_resumes(job: dict[str, Path], tm
     assert [entry["step"] for entry in state["log_history"]] == list(range(1, 51))
 
 
+@pytest.mark.slow  # ~25 s alone, over a minute on a busy 2-core machine
 def test_deepspeed_zero2_launch(job: dict[str, Path], tmp_path: Path) -> None:
     """The upstream launch line: `deepspeed llava/train/train_mem.py --deepspeed ./scripts/zero2.json`,
     with bf16 and gradient accumulation; DeepSpeed's engine checkpoint is resumed."""
@@ -180,6 +181,7 @@ def test_refuses_what_the_real_stack_refuses(
     assert "ignoring arguments this trainer does not model: --unknown_hf_arg 1" in result.stderr
 
 
+@pytest.mark.slow  # ~20 s alone, over a minute on a busy 2-core machine
 def test_two_nodes_with_their_own_output_dirs_resume(job: dict[str, Path], tmp_path: Path) -> None:
     """torchrun per node (--nnodes 2 --node_rank N), ZeRO-2 from --deepspeed, output_dir not shared: each node
     keeps what it needs to resume, and the job resumes on both."""

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Stand-in for CANN's /usr/local/Ascend/ascend-toolkit/set_env.sh (simulated fleet: no NPUs, no CANN).
 # It sets the variables the real one sets, so launch scripts that `source` it behave the same; the
 # directories it names hold no libraries. Safe under `set -u`.

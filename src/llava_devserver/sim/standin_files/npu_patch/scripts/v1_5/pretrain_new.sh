@@ -2,6 +2,7 @@
 # LLaVA-1.5 pretraining on Ascend NPUs (AscendCloud-AIGC 6.3.906), single server, 8 cards.
 # Before running: set --model_name_or_path (and --vision_tower, see the FAQ) to local copies.
 
+# shellcheck source=/dev/null
 source /usr/local/Ascend/ascend-toolkit/set_env.sh
 
 export HCCL_CONNECT_TIMEOUT=1200
