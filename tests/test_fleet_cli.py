@@ -108,6 +108,9 @@ def test_status_is_read_only_and_tolerates_no_npu_no_container(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     inventory = local_inventory(tmp_path, hosts=("node-a",))
+    settings = json.loads((tmp_path / "group_vars" / "all.yml").read_text())
+    unique = {"container_name": f"fleetcli-status-{uuid.uuid4().hex[:8]}"}  # surely absent from local Docker
+    (tmp_path / "group_vars" / "all.yml").write_text(json.dumps(settings | unique))
     log = tmp_path / "train.log"
     log.write_text(
         "{'loss': 8.25, 'learning_rate': 0.001, 'epoch': 0.0}\n{'loss': 7.5, 'learning_rate': 0.001}\n"
