@@ -223,6 +223,14 @@ def _cores(run: dict[str, Any] | None) -> str:
     return f"{(run['control_cpu_s'] + run['server_cpu_s']) / run['wall_s']:.2f}"
 
 
+def _floor(run: dict[str, Any] | None) -> str:
+    """The shortest wall time the measured CPU seconds allow on this machine's cores."""
+    if not run or run.get("server_cpu_s") is None:
+        return ""
+    cpu = run["control_cpu_s"] + run["server_cpu_s"]
+    return f" ({cpu:.0f} CPU s: at least {cpu / (os.cpu_count() or 1):.0f} s on {os.cpu_count()} cores)"
+
+
 def _servers(size: str) -> str:
     return "1 server" if size == "1" else f"{size} servers"
 
@@ -265,7 +273,11 @@ def render_doc(results: dict[str, Any]) -> str:
             parts.append(
                 f"sequential baseline / Ansible full converge = {ratio:.2f} (above 1: Ansible faster)"
             )
-        parts += [f"{label} used {_cores(r.get(key))} cores" for key, label in CPU_RUNS if r.get(key)]
+        parts += [
+            f"{label} used {_cores(r.get(key))} cores{_floor(r.get(key))}"
+            for key, label in CPU_RUNS
+            if r.get(key)
+        ]
         if parts:
             lines.append(f"- {_servers(size)}: " + "; ".join(parts) + ".")
     lines += ["", "## Where the time goes (slowest tasks, profile_tasks)", ""]
