@@ -2,7 +2,7 @@
 # Debian packages the tests and the simulated fleet need on the control machine.
 set -euo pipefail
 need=()
-for pair in debootstrap:debootstrap shellcheck:shellcheck rsync:rsync ssh:openssh-client; do
+for pair in debootstrap:debootstrap shellcheck:shellcheck rsync:rsync ssh:openssh-client tmux:tmux; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -182,3 +182,9 @@ def test_cli_rejects_a_misspelt_fault_before_touching_docker(capsys: pytest.Capt
     args = build_parser().parse_args(["sim", "up", "--hosts", "2", "--no-job", "--fault", "2:card-crit"])
     assert args.func(args) == 2
     assert "unknown fault 'card-crit'" in capsys.readouterr().err
+
+
+def test_cli_registry_needs_the_job(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["sim", "up", "--hosts", "1", "--no-job", "--registry"])
+    assert args.func(args) == 2
+    assert "--registry serves the training image" in capsys.readouterr().err

@@ -41,6 +41,11 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="infrastructure only: skip the stand-in package, assets and training image",
     )
+    up.add_argument(
+        "--registry",
+        action="store_true",
+        help="also start a stand-in registry (SWR) and make the inventory pull the image with a login",
+    )
     up.set_defaults(func=cmd_up)
 
     status = sim.add_parser("status", help="list simulated servers")
@@ -86,6 +91,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     if args.hosts < 1:
         return _fail(f"--hosts must be >= 1, got {args.hosts}", EXIT_USAGE)
+    if args.registry and args.no_job:
+        return _fail("--registry serves the training image, which --no-job skips", EXIT_USAGE)
     hosts = [host_name(i) for i in range(1, args.hosts + 1)]
     try:
         faults = _parse_faults(args.fault, hosts)
@@ -101,6 +108,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             npus=args.npus,
             devices_per_host=args.devices_per_host,
             job=not args.no_job,
+            registry=args.registry,
         )
     except ModuleNotFoundError as exc:
         return _fail(f"the job stand-ins are not available ({exc}); use --no-job for servers only")
