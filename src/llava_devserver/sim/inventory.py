@@ -23,6 +23,21 @@ ASSET_CONTAINER_PATHS = {
     "images": ("image_folder", f"{CONTAINER_ASSETS}/images"),
 }
 
+# Knobs of the role accel_check for a simulated fleet: its image has torch for the CPU (no NPUs), so the
+# check expects the CPU, and small sizes keep it short on a 2-core machine. The CPU is shared by every
+# process of every simulated server, so the outlier threshold is looser than on real cards (the `slow`
+# fault, a tenth of the figure, still fails it).
+SIM_ACCEL_CHECK: dict[str, Any] = {
+    "accel_check_expect_accelerator": "cpu",
+    "accel_check_matmul_size": 256,
+    "accel_check_matmul_seconds": 0.1,
+    "accel_check_outlier_ratio": 0.25,
+    "accel_check_allreduce_mb": 4,
+    "accel_check_allreduce_iters": 3,
+    "accel_check_timeout": 180,
+    "accel_check_rdzv_timeout": 90,
+}
+
 
 @dataclass(frozen=True)
 class SimHost:
@@ -103,6 +118,7 @@ def sim_group_vars(
         "dataloader_num_workers": 0,
         "launcher": "torchrun",
     }
+    settings |= SIM_ACCEL_CHECK
     return settings
 
 
