@@ -461,6 +461,12 @@ class Settings(BaseModel):
         description="Wait for training to finish (otherwise start it and return).",
         json_schema_extra=_scope("fleet"),
     )
+    train_restart: bool = Field(
+        False,
+        description="Start the job again although it finished (mm_projector.bin saved); it resumes from the "
+        "newest checkpoint-* in output_dir, so empty output_dir to start over. A running job is never touched.",
+        json_schema_extra=_scope("fleet"),
+    )
     metadata_guard: bool = Field(
         True,
         description="Block containers from the metadata service 169.254.169.254 (the guide's advice).",
@@ -709,6 +715,7 @@ class HostSettings(BaseModel):
             "world_size": self.world_size,
             "train_env": {**DEFAULT_TRAIN_ENV, **s.train_env},
             "train_wait": s.train_wait,
+            "train_restart": s.train_restart,
             "cann_set_env": CANN_SET_ENV,
             "metadata_guard": s.metadata_guard,
             "hf_endpoint": s.hf_endpoint,
