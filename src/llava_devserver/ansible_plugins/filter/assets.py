@@ -1,0 +1,132 @@
+"""Jinja2 filters over `llava_devserver.assets_plan` for llava_assets and llava_workspace (no logic here).
+
+- `{{ llava | llava_assets_plan(control_fingerprints) }}`: the host's assets, paths and problems.
+- `{{ llava_dicts | llava_assets_control_fingerprints }}`: fingerprints of the control-node sources.
+- `{{ inventory_hostname | llava_assets_seeds(plans, play_hosts) }}`: asset -> the seed host.
+- `{{ asset | llava_assets_fanout_command(key, user, address) }}`, `{{ asset | llava_assets_local_copy }}`,
+  `{{ asset | llava_assets_hub_command(helper_dir) }}`, `{{ endpoint | llava_assets_hub_env(token) }}`.
+- `{{ asset | llava_assets_status_command(plan) }}`, `..._verify_command(plan, sample)`,
+  `..._space_command(plan, status, margin)`, `..._mark_command(plan, error)`: helper command lines.
+- `{{ stdout | llava_assets_rsync_bytes }}`, `{{ results | llava_assets_space_problems(host) }}`,
+  `{{ results | llava_assets_verify_problems(host) }}`, `{{ plan | llava_assets_report(...) }}`.
+- `{{ container_path | llava_host_path(llava) }}`: its server path under work_dir.
+- `{{ None | llava_assets_python_files }}`: control-node paths of the standalone helper scripts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ansible.errors import AnsibleFilterError
+
+from llava_devserver import assets_plan
+
+
+def _guard(function: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise AnsibleFilterError(f"{function.__name__}: {exc}") from exc
+
+    wrapped.__name__ = function.__name__
+    return wrapped
+
+
+def llava_assets_plan(
+    llava: Mapping[str, Any], fingerprints: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    return assets_plan.plan(llava, fingerprints)
+
+
+def llava_assets_seeds(
+    host: str, plans: Mapping[str, Any], play_hosts: Sequence[str], blocked: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    return assets_plan.seeds(host, plans, play_hosts, blocked)
+
+
+def llava_assets_fanout_command(
+    asset: Mapping[str, Any], key_file: str, user: str, address: str
+) -> list[str]:
+    return assets_plan.fanout_command(asset, key_file, user, address)
+
+
+def llava_assets_hub_command(asset: Mapping[str, Any], helper_dir: str) -> list[str]:
+    return assets_plan.hub_command(asset, helper_dir)
+
+
+def llava_assets_hub_env(endpoint: str | None, token: str | None = None) -> dict[str, str]:
+    return assets_plan.hub_environment(endpoint, token)
+
+
+def llava_assets_rsync_bytes(stdout: Any) -> int | None:
+    if isinstance(stdout, list):
+        stdout = "\n".join(str(line) for line in stdout)
+    return assets_plan.parse_rsync_bytes(str(stdout or ""))
+
+
+def llava_assets_space_problems(results: Sequence[Mapping[str, Any]], host: str) -> list[str]:
+    return assets_plan.space_problems(host, results)
+
+
+def llava_assets_transfer_problems(moved: Mapping[str, Any], host: str) -> list[str]:
+    return assets_plan.transfer_problems(host, moved)
+
+
+def llava_assets_report(
+    plan: Mapping[str, Any],
+    statuses: Mapping[str, Any],
+    staged: Mapping[str, Any],
+    verified: Mapping[str, Any],
+) -> dict[str, Any]:
+    return assets_plan.report(plan, statuses, staged, verified)
+
+
+def llava_host_path(container_path: str, llava: Mapping[str, Any]) -> str:
+    """The server path of a container path under container_work_dir (error when it is outside it)."""
+    path = assets_plan.host_path(container_path, llava["container_work_dir"], llava["work_dir"])
+    if path is None:
+        raise ValueError(f"{container_path} is not under container_work_dir {llava['container_work_dir']}")
+    return path
+
+
+def llava_assets_python_files(_: Any = None) -> dict[str, str]:
+    from llava_devserver import assets_manifest, assets_verify
+
+    return {
+        "assets_manifest.py": str(assets_manifest.__file__),
+        "assets_verify.py": str(assets_verify.__file__),
+    }
+
+
+FILTERS: dict[str, Callable[..., Any]] = {
+    "llava_assets_plan": llava_assets_plan,
+    "llava_assets_control_fingerprints": assets_plan.control_fingerprints,
+    "llava_assets_seeds": llava_assets_seeds,
+    "llava_assets_fanout_command": llava_assets_fanout_command,
+    "llava_assets_local_copy": assets_plan.local_copy_command,
+    "llava_assets_status_command": assets_plan.status_command,
+    "llava_assets_verify_command": assets_plan.verify_command,
+    "llava_assets_space_command": assets_plan.space_command,
+    "llava_assets_mark_command": assets_plan.mark_command,
+    "llava_assets_hub_command": llava_assets_hub_command,
+    "llava_assets_hub_env": llava_assets_hub_env,
+    "llava_assets_rsync_bytes": llava_assets_rsync_bytes,
+    "llava_assets_space_problems": llava_assets_space_problems,
+    "llava_assets_verify_problems": assets_plan.verify_problems,
+    "llava_assets_space_results": assets_plan.space_results,
+    "llava_assets_transfers": assets_plan.transfers,
+    "llava_assets_needs_copy": assets_plan.needs_copy,
+    "llava_assets_hub_problems": assets_plan.hub_problems,
+    "llava_assets_transfer_problems": llava_assets_transfer_problems,
+    "llava_assets_verify_results": assets_plan.verify_results,
+    "llava_assets_report": llava_assets_report,
+    "llava_assets_python_files": llava_assets_python_files,
+    "llava_host_path": llava_host_path,
+}
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {name: _guard(function) for name, function in FILTERS.items()}

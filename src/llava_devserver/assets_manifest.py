@@ -1,0 +1,353 @@
+"""Server-side helper of the llava_assets role: fingerprints, the manifest, free space, hub downloads.
+
+Standalone on purpose (Python 3 standard library only, like assets_verify.py beside which the role copies it):
+
+    python3 assets_manifest.py status  --manifest M --name NAME --path P [--hash-small N] [--expect DIGEST]
+                                       [--source SERVER_PATH]
+    python3 assets_manifest.py verify  --manifest M --name NAME --kind KIND --path P [--image-root R]
+                                       [--sample N] [--hash-small N] [--source-digest DIGEST]
+    python3 assets_manifest.py mark    --manifest M --name NAME --path P --error MESSAGE
+    python3 assets_manifest.py space   --path P --bytes N [--present N] [--margin N]
+    python3 assets_manifest.py hub-download --repo-id ID --revision REV --repo-type T --dest P [--file NAME]
+    python3 assets_manifest.py fingerprint P [--hash-small N]
+
+Each prints one JSON object. `verify` exits 1 when the asset is not sound, `hub-download` 3 when
+huggingface_hub is missing and 1 when the download fails; the others exit 0 (2 on a usage error).
+
+The fingerprint of a file or directory is cheap on purpose: every file's relative path, size and mtime
+(whole seconds, which rsync -a and synchronize preserve) and, for files up to `--hash-small` bytes (configs,
+tokenizers, shard indexes), their SHA-256. Large shards and the images are not re-read on a re-run: the
+manifest records the fingerprint an asset had when it was verified, and `status` calls it verified only
+while the fingerprint is unchanged (and equal to the source's, when the role gives one).
+
+The manifest (`{work_dir}/.llava-devserver/assets-manifest.json`) is honest: `verify` writes the outcome,
+good or bad, with the errors; `mark` records an asset that could not be staged (e.g. not enough space) as
+not verified. Writes are atomic (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Any
+
+try:  # in the package
+    from llava_devserver import assets_verify
+except ImportError:  # copied to a server beside assets_verify.py
+    import assets_verify  # type: ignore[no-redef]
+
+MANIFEST_VERSION = 1
+KINDS = ("llm", "vision_tower", "pretrain_json", "images")
+EXIT_NO_HUB = 3
+
+# What `hub-download` runs: huggingface_hub reads HF_ENDPOINT and HF_TOKEN from the environment itself.
+_HUB_SCRIPT_DOC = (
+    "snapshot_download(repo_id, revision=, repo_type=, local_dir=) or hf_hub_download(filename=)"
+)
+
+
+# --- fingerprints ---------------------------------------------------------------------------------------
+
+
+def _files(path: str) -> list[tuple[str, str]]:
+    if os.path.isfile(path):
+        return [("", path)]
+    found = []
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            found.append((os.path.relpath(full, path), full))
+    return found
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(path: str, hash_small: int = 0) -> dict[str, Any] | None:
+    """`{"files", "bytes", "digest"}` of a file or directory, None when it does not exist."""
+    if not os.path.exists(path):
+        return None
+    digest = hashlib.sha256(b"file\n" if os.path.isfile(path) else b"dir\n")
+    files = total = 0
+    for relative, full in _files(path):
+        try:
+            stat = os.stat(full)
+        except OSError:  # a dangling link counts as a (broken) file
+            digest.update(f"{relative}\t-1\t0\n".encode())
+            files += 1
+            continue
+        line = f"{relative}\t{stat.st_size}\t{int(stat.st_mtime)}"
+        if 0 < stat.st_size <= hash_small:
+            line += "\t" + _sha256(full)
+        digest.update(line.encode("utf-8", "surrogateescape") + b"\n")
+        files += 1
+        total += stat.st_size
+    return {"files": files, "bytes": total, "digest": digest.hexdigest()}
+
+
+# --- the manifest ---------------------------------------------------------------------------------------
+
+
+def read_manifest(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {"version": MANIFEST_VERSION, "assets": {}}
+    if not isinstance(data, dict) or not isinstance(data.get("assets"), dict):
+        return {"version": MANIFEST_VERSION, "assets": {}}
+    return data
+
+
+def write_entry(manifest_path: str, name: str, entry: dict[str, Any]) -> None:
+    manifest = read_manifest(manifest_path)
+    manifest["version"] = MANIFEST_VERSION
+    manifest["assets"][name] = entry
+    directory = os.path.dirname(manifest_path) or "."
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{manifest_path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, manifest_path)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def status(
+    manifest_path: str,
+    name: str,
+    path: str,
+    hash_small: int = 0,
+    expect: str | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """Read-only: `state` is `verified` (manifest entry ok for exactly this fingerprint, and the source's
+    when `expect` is given), `missing` (nothing at `path`) or `stale` (anything else, with a `reason`).
+    `source`: a path on this server the asset is copied from (its fingerprint is then `expect`)."""
+    current = fingerprint(path, hash_small)
+    result: dict[str, Any] = {"name": name, "path": path, "fingerprint": current}
+    if source is not None and os.path.normpath(source) != os.path.normpath(path):
+        source_fp = fingerprint(source, hash_small)
+        result["source_fingerprint"] = source_fp
+        if source_fp is None:
+            return {**result, "state": "no-source", "reason": f"{source} does not exist on this server"}
+        expect = source_fp["digest"]
+    entry = read_manifest(manifest_path)["assets"].get(name)
+    if current is None:
+        return {**result, "state": "missing", "reason": f"{path} does not exist"}
+    if expect is not None and current["digest"] != expect:
+        return {**result, "state": "stale", "reason": "differs from the source"}
+    if not isinstance(entry, dict):
+        return {**result, "state": "stale", "reason": "not in the manifest"}
+    if entry.get("path") != path or (entry.get("fingerprint") or {}).get("digest") != current["digest"]:
+        return {**result, "state": "stale", "reason": "changed since it was verified"}
+    if not entry.get("ok"):
+        return {**result, "state": "stale", "reason": "its last verification failed"}
+    return {**result, "state": "verified", "reason": f"verified {entry.get('verified_at')}"}
+
+
+def verify(
+    manifest_path: str,
+    name: str,
+    kind: str,
+    path: str,
+    image_root: str | None = None,
+    sample: int | None = 256,
+    hash_small: int = 0,
+    source_digest: str | None = None,
+) -> dict[str, Any]:
+    """Verify the asset with assets_verify and record the outcome (good or bad) in the manifest."""
+    if kind in ("llm", "vision_tower"):
+        result = assets_verify.verify_weights(path, kind=kind).to_dict()
+    elif kind == "pretrain_json":
+        result = assets_verify.verify_pretrain_json(path, image_root, sample=sample).to_dict()
+    elif kind == "images":
+        result = _verify_image_folder(path)
+    else:
+        raise ValueError(f"unknown asset kind {kind!r} ({', '.join(KINDS)})")
+    current = fingerprint(path, hash_small)
+    if source_digest is not None and current is not None and current["digest"] != source_digest:
+        result["errors"].append(f"{path}: differs from its source after the transfer")
+        result["ok"] = False
+    entry = {
+        "ok": bool(result["ok"]),
+        "kind": kind,
+        "path": path,
+        "fingerprint": current,
+        "source_digest": source_digest,
+        "verified_at": _now(),
+        "errors": result["errors"],
+        "details": result.get("details", {}),
+    }
+    write_entry(manifest_path, name, entry)
+    return {"name": name, **entry}
+
+
+def _verify_image_folder(path: str) -> dict[str, Any]:
+    """The images themselves are checked through the pretrain JSON's sample; here: a non-empty folder."""
+    errors: list[str] = []
+    count = 0
+    if not os.path.isdir(path):
+        errors.append(f"{path}: image folder missing")
+    else:
+        for _root, _dirs, names in os.walk(path):
+            count += len(names)
+        if count == 0:
+            errors.append(f"{path}: image folder is empty")
+    return {"ok": not errors, "path": path, "kind": "images", "errors": errors, "details": {"files": count}}
+
+
+def mark(manifest_path: str, name: str, path: str, error: str) -> dict[str, Any]:
+    """Record that the asset is NOT verified (it could not be staged), so no reader trusts an old entry."""
+    entry = {
+        "ok": False,
+        "path": path,
+        "fingerprint": fingerprint(path),
+        "verified_at": _now(),
+        "errors": [error],
+        "details": {},
+    }
+    write_entry(manifest_path, name, entry)
+    return {"name": name, **entry}
+
+
+# --- free space -----------------------------------------------------------------------------------------
+
+
+def space(path: str, need_bytes: int, present: int = 0, margin: int = 0) -> dict[str, Any]:
+    """Whether the file system that will hold `path` has room for `need_bytes` (less what is already
+    there, plus `margin`). Checked at the nearest existing ancestor."""
+    checked = path
+    while not os.path.exists(checked):
+        parent = os.path.dirname(checked)
+        if parent == checked:
+            break
+        checked = parent
+    stat = os.statvfs(checked)
+    avail = stat.f_bavail * stat.f_frsize
+    need = max(0, need_bytes - present) + margin
+    return {"path": path, "checked": checked, "avail": avail, "need": need, "ok": avail >= need}
+
+
+# --- Hugging Face downloads -----------------------------------------------------------------------------
+
+
+def hub_download(
+    repo_id: str, revision: str, repo_type: str, dest: str, filename: str | None
+) -> dict[str, Any]:
+    """Download with huggingface_hub (HF_ENDPOINT/HF_TOKEN from the environment) into `dest` (a directory,
+    or with `filename` the file `dest`)."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        return {
+            "ok": False,
+            "code": EXIT_NO_HUB,
+            "error": "huggingface_hub is not installed for this python3 (pip install huggingface_hub)",
+        }
+    try:
+        if filename:
+            os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+            got = huggingface_hub.hf_hub_download(
+                repo_id=repo_id,
+                filename=filename,
+                revision=revision,
+                repo_type=repo_type,
+                local_dir=os.path.dirname(dest) or ".",
+            )
+            if os.path.abspath(got) != os.path.abspath(dest):
+                os.replace(got, dest)
+        else:
+            os.makedirs(dest, exist_ok=True)
+            huggingface_hub.snapshot_download(
+                repo_id=repo_id, revision=revision, repo_type=repo_type, local_dir=dest
+            )
+    except Exception as error:  # any hub/network error, reported with the repo and endpoint
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        return {"ok": False, "code": 1, "error": f"{repo_type} {repo_id}@{revision} from {endpoint}: {error}"}
+    return {"ok": True, "code": 0, "path": dest}
+
+
+# --- command line ---------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="assets_manifest.py", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--manifest", required=True)
+        sub.add_argument("--name", required=True)
+        sub.add_argument("--path", required=True)
+
+    p_status = commands.add_parser("status")
+    common(p_status)
+    p_status.add_argument("--hash-small", type=int, default=0)
+    p_status.add_argument("--expect")
+    p_status.add_argument("--source")
+    p_verify = commands.add_parser("verify")
+    common(p_verify)
+    p_verify.add_argument("--kind", choices=KINDS, required=True)
+    p_verify.add_argument("--image-root")
+    p_verify.add_argument("--sample", type=int, default=256, help="records whose image is checked; 0 = all")
+    p_verify.add_argument("--hash-small", type=int, default=0)
+    p_verify.add_argument("--source-digest")
+    p_mark = commands.add_parser("mark")
+    common(p_mark)
+    p_mark.add_argument("--error", required=True)
+    p_space = commands.add_parser("space")
+    p_space.add_argument("--path", required=True)
+    p_space.add_argument("--bytes", type=int, required=True)
+    p_space.add_argument("--present", type=int, default=0)
+    p_space.add_argument("--margin", type=int, default=0)
+    p_hub = commands.add_parser("hub-download", help=_HUB_SCRIPT_DOC)
+    p_hub.add_argument("--repo-id", required=True)
+    p_hub.add_argument("--revision", default="main")
+    p_hub.add_argument("--repo-type", choices=("model", "dataset"), default="model")
+    p_hub.add_argument("--dest", required=True)
+    p_hub.add_argument("--file")
+    p_fp = commands.add_parser("fingerprint")
+    p_fp.add_argument("path")
+    p_fp.add_argument("--hash-small", type=int, default=0)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return 2 if exit_.code else 0
+
+    code = 0
+    if args.command == "status":
+        out = status(args.manifest, args.name, args.path, args.hash_small, args.expect, args.source)
+    elif args.command == "verify":
+        out = verify(
+            args.manifest, args.name, args.kind, args.path, args.image_root,
+            sample=args.sample or None, hash_small=args.hash_small, source_digest=args.source_digest,
+        )  # fmt: skip
+        code = 0 if out["ok"] else 1
+    elif args.command == "mark":
+        out = mark(args.manifest, args.name, args.path, args.error)
+    elif args.command == "space":
+        out = space(args.path, args.bytes, args.present, args.margin)
+    elif args.command == "hub-download":
+        out = hub_download(args.repo_id, args.revision, args.repo_type, args.dest, args.file)
+        code = int(out["code"])
+    else:
+        out = {"path": args.path, "fingerprint": fingerprint(args.path, args.hash_small)}
+    print(json.dumps(out, sort_keys=True))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,465 @@
+"""What the llava_assets role does for one host, computed on the control node from the llava dict.
+
+The role stays thin: these functions (exposed as filters by ansible_plugins/filter/assets.py) turn the
+validated settings into a plan per asset, pick the fan-out seed, build the commands it runs (hub download,
+server-to-server rsync) and turn results into failure messages and the report fact. The server-side half
+(fingerprints, the manifest, verification) is assets_manifest.py, which runs with the server's python3.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from llava_devserver import assets_manifest
+
+# Verification order: the pretrain JSON's check reads the image folder, so images come first.
+ORDER = ("images", "llm", "vision_tower", "pretrain_json")
+# Files up to this size are hashed into the fingerprint (configs, tokenizers, shard indexes); the shards,
+# the caption JSON and the images are compared by size and mtime only.
+HASH_SMALL = {"llm": 1 << 20, "vision_tower": 1 << 20, "pretrain_json": 0, "images": 0}
+MANIFEST = ".llava-devserver/assets-manifest.json"
+HELPER_DIR = ".llava-devserver/bin"
+
+
+def host_path(container_path: str, container_work_dir: str, work_dir: str) -> str | None:
+    """The server path of a container path under the work-dir mount, None when it is outside it."""
+    base = posixpath.normpath(container_work_dir)
+    path = posixpath.normpath(container_path)
+    if path == base:
+        return posixpath.normpath(work_dir)
+    if not path.startswith(base + "/"):
+        return None
+    return posixpath.join(posixpath.normpath(work_dir), path[len(base) + 1 :])
+
+
+def plan(llava: Mapping[str, Any], control_fingerprints: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`{"assets": [...], "errors": [...], "manifest", "helper_dir"}` for one host.
+
+    Each asset: `name`, `kind`, `source`, `path` (the source path), `dest` (container), `host_dest`,
+    `is_dir`, `hash_small`, `image_root` (pretrain_json), hub fields, and for source control the source's
+    `source_fingerprint` when `control_fingerprints` (path -> fingerprint) holds it.
+    """
+    host = llava.get("host", "?")
+    work_dir = str(llava["work_dir"])
+    container_work_dir = str(llava["container_work_dir"])
+    assets = llava.get("assets") or {}
+    images_dest = (assets.get("images") or {}).get("dest")
+    image_root = host_path(images_dest, container_work_dir, work_dir) if images_dest else None
+    control_fingerprints = control_fingerprints or {}
+    planned: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for name in ORDER:
+        spec = assets.get(name) or {}
+        source = spec.get("source", "none")
+        if source == "none":
+            continue
+        dest = str(spec["dest"])
+        target = host_path(dest, container_work_dir, work_dir)
+        if target is None:
+            errors.append(
+                f"{host}: assets.{name}: its container path {dest} is outside container_work_dir "
+                f"{container_work_dir}, the only server directory the container sees (work_dir {work_dir}); "
+                f"give the setting a path under {container_work_dir} (or a relative one)"
+            )
+            continue
+        is_dir = name != "pretrain_json"
+        entry: dict[str, Any] = {
+            "name": name,
+            "kind": name,
+            "source": source,
+            "path": spec.get("path"),
+            "dest": dest,
+            "host_dest": target,
+            "is_dir": is_dir,
+            "hash_small": HASH_SMALL[name],
+            "image_root": image_root if name == "pretrain_json" else None,
+            "repo_id": spec.get("repo_id"),
+            "revision": spec.get("revision") or "main",
+            "repo_type": spec.get("repo_type") or "model",
+            "source_fingerprint": None,
+        }
+        if source == "control":
+            fp = control_fingerprints.get(_fp_key(spec["path"], HASH_SMALL[name]))
+            entry["source_fingerprint"] = fp
+            entry["is_dir"] = bool(fp and fp.get("is_dir", is_dir))
+        planned.append(entry)
+    return {
+        "assets": planned,
+        "errors": errors,
+        "manifest": posixpath.join(work_dir, MANIFEST),
+        "helper_dir": posixpath.join(work_dir, HELPER_DIR),
+    }
+
+
+def _fp_key(path: str, hash_small: int) -> str:
+    return f"{hash_small}:{path}"
+
+
+def control_fingerprints(llava_dicts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Fingerprints of every control-node source the hosts name (each path once), computed here."""
+    import os
+
+    result: dict[str, Any] = {}
+    for llava in llava_dicts:
+        for name, spec in (llava.get("assets") or {}).items():
+            if spec.get("source") != "control" or not spec.get("path"):
+                continue
+            key = _fp_key(spec["path"], HASH_SMALL.get(name, 0))
+            if key in result:
+                continue
+            path = os.path.expanduser(spec["path"])
+            fp = assets_manifest.fingerprint(path, HASH_SMALL.get(name, 0))
+            result[key] = None if fp is None else {**fp, "is_dir": os.path.isdir(path)}
+    return result
+
+
+def seeds(
+    host: str,
+    plans: Mapping[str, Mapping[str, Any]],
+    play_hosts: Sequence[str],
+    blocked: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, str]:
+    """For each control-source asset of `host`: the first play host with the same source that can hold it
+    (not in `blocked`, host -> asset names that failed their space check). The seed alone receives the
+    asset from the control node; the other servers copy it from the seed."""
+    blocked = blocked or {}
+    own = {a["name"]: a for a in plans[host]["assets"] if a["source"] == "control"}
+    result = {}
+    for name, asset in own.items():
+        for candidate in play_hosts:
+            if name in (blocked.get(candidate) or ()):
+                continue
+            other = next(
+                (a for a in (plans.get(candidate) or {}).get("assets", ()) if a["name"] == name), None
+            )
+            if other and other["source"] == "control" and other["path"] == asset["path"]:
+                result[name] = candidate
+                break
+    return result
+
+
+def _helper(plan_: Mapping[str, Any], python: str) -> list[str]:
+    return [python, posixpath.join(plan_["helper_dir"], "assets_manifest.py")]
+
+
+def status_command(asset: Mapping[str, Any], plan_: Mapping[str, Any], python: str = "python3") -> list[str]:
+    """Read-only check of one asset against the manifest (and its source's fingerprint)."""
+    argv = [
+        *_helper(plan_, python), "status", "--manifest", plan_["manifest"], "--name", asset["name"],
+        "--path", asset["host_dest"], "--hash-small", str(asset["hash_small"]),
+    ]  # fmt: skip
+    if asset["source"] == "control" and asset.get("source_fingerprint"):
+        argv += ["--expect", asset["source_fingerprint"]["digest"]]
+    elif asset["source"] == "server" and asset.get("path"):
+        argv += ["--source", asset["path"]]
+    return argv
+
+
+def verify_command(
+    asset: Mapping[str, Any], plan_: Mapping[str, Any], sample: int = 256, python: str = "python3"
+) -> list[str]:
+    """Verification of one asset where the container reads it; the outcome goes into the manifest."""
+    argv = [
+        *_helper(plan_, python), "verify", "--manifest", plan_["manifest"], "--name", asset["name"],
+        "--kind", asset["kind"], "--path", asset["host_dest"], "--hash-small", str(asset["hash_small"]),
+    ]  # fmt: skip
+    if asset["kind"] == "pretrain_json":
+        if asset.get("image_root"):
+            argv += ["--image-root", asset["image_root"]]
+        argv += ["--sample", str(sample)]
+    if asset["source"] == "control" and asset.get("source_fingerprint"):
+        argv += ["--source-digest", asset["source_fingerprint"]["digest"]]
+    return argv
+
+
+def space_command(
+    asset: Mapping[str, Any],
+    plan_: Mapping[str, Any],
+    status_: Mapping[str, Any],
+    margin: int = 0,
+    python: str = "python3",
+) -> list[str]:
+    """The free-space check before staging: the asset's size (its source's) less what is already there."""
+    source_fp = asset.get("source_fingerprint") or status_.get("source_fingerprint") or {}
+    present = (status_.get("fingerprint") or {}).get("bytes") or 0
+    return [
+        *_helper(plan_, python), "space", "--path", asset["host_dest"],
+        "--bytes", str(source_fp.get("bytes") or 0), "--present", str(present), "--margin", str(margin),
+    ]  # fmt: skip
+
+
+def mark_command(
+    asset: Mapping[str, Any], plan_: Mapping[str, Any], error: str, python: str = "python3"
+) -> list[str]:
+    """Record in the manifest that the asset is not verified (it could not be staged)."""
+    return [
+        *_helper(plan_, python), "mark", "--manifest", plan_["manifest"], "--name", asset["name"],
+        "--path", asset["host_dest"], "--error", error,
+    ]  # fmt: skip
+
+
+def _slash(path: str, is_dir: bool) -> str:
+    return path.rstrip("/") + "/" if is_dir else path
+
+
+def fanout_command(
+    asset: Mapping[str, Any], key_file: str, user: str, address: str, extra_opts: Sequence[str] = ()
+) -> list[str]:
+    """The rsync the SEED runs to push an asset to a receiver over SSH with the temporary fan-out key."""
+    ssh = " ".join(
+        shlex.quote(part)
+        for part in (
+            "ssh", "-i", key_file, "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+        )
+    )  # fmt: skip
+    return [
+        "rsync", "-a", "--delete", "--stats", *extra_opts, "-e", ssh,
+        _slash(asset["host_dest"], asset["is_dir"]),
+        f"{user}@{address}:{_slash(asset['host_dest'], asset['is_dir'])}",
+    ]  # fmt: skip
+
+
+def needs_copy(assets: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Source-server assets whose path is not already where the container reads them."""
+    return [a for a in assets if posixpath.normpath(str(a["path"])) != posixpath.normpath(a["host_dest"])]
+
+
+def local_copy_command(asset: Mapping[str, Any]) -> list[str]:
+    """Source server with a path other than the container path's: copy it into place on the server."""
+    return [
+        "rsync",
+        "-a",
+        "--delete",
+        _slash(asset["path"], asset["is_dir"]),
+        _slash(asset["host_dest"], asset["is_dir"]),
+    ]
+
+
+def hub_command(asset: Mapping[str, Any], helper_dir: str, python: str = "python3") -> list[str]:
+    """The download on the server (huggingface_hub; HF_ENDPOINT and HF_TOKEN come from the environment)."""
+    argv = [
+        python, posixpath.join(helper_dir, "assets_manifest.py"), "hub-download",
+        "--repo-id", str(asset["repo_id"]), "--revision", str(asset.get("revision") or "main"),
+        "--repo-type", str(asset.get("repo_type") or "model"), "--dest", str(asset["host_dest"]),
+    ]  # fmt: skip
+    if not asset["is_dir"]:
+        argv += ["--file", posixpath.basename(str(asset["host_dest"]))]
+    return argv
+
+
+def hub_environment(hf_endpoint: str | None, token: str | None) -> dict[str, str]:
+    """The environment of the download task (which is no_log: it carries the token)."""
+    env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    if hf_endpoint:
+        env["HF_ENDPOINT"] = str(hf_endpoint)
+    if token:
+        env["HF_TOKEN"] = str(token)
+        env["HUGGING_FACE_HUB_TOKEN"] = str(token)  # older huggingface_hub versions
+    return env
+
+
+def parse_rsync_bytes(stdout: str) -> int | None:
+    """`Total bytes sent` of an rsync --stats output (the sender's side: what crossed the network)."""
+    for line in (stdout or "").splitlines():
+        if line.startswith("Total bytes sent:"):
+            return int(line.split(":", 1)[1].strip().replace(",", "").replace(".", "") or 0)
+    return None
+
+
+def _json(text: Any) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(text or "")
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def space_results(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The looped `space` commands as `[{"asset", "space"}]` (skipped items left out)."""
+    out = []
+    for item in results:
+        if item.get("skipped") or "item" not in item:
+            continue
+        space = _json(item.get("stdout"))
+        if not space:  # the helper itself failed: report that as no room to stage
+            error = (item.get("stderr") or item.get("msg") or "").strip()[-300:]
+            space = {
+                "ok": False,
+                "path": item["item"].get("host_dest"),
+                "avail": 0,
+                "need": 0,
+                "error": error,
+            }
+        out.append({"asset": item["item"], "space": space})
+    return out
+
+
+def space_problems(host: str, results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Messages for the free-space checks that failed (from space_results)."""
+    problems = []
+    for item in results:
+        out = item.get("space") or {}
+        if out.get("ok"):
+            continue
+        name = (item.get("asset") or {}).get("name")
+        if out.get("error"):
+            problems.append(f"{host}: assets.{name}: the free-space check failed: {out['error']}")
+            continue
+        problems.append(
+            f"{host}: assets.{name}: not enough free space for {out['path']}: "
+            f"{_human(out['avail'])} available on the file system of {out['checked']}, "
+            f"{_human(out['need'])} needed; free space there (or point the asset's setting elsewhere) "
+            "and run again"
+        )
+    return problems
+
+
+def verify_results(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The looped `verify` commands as name -> their JSON (an unreadable answer counts as a failure)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in results:
+        if item.get("skipped") or "item" not in item:
+            continue
+        parsed = _json(item.get("stdout"))
+        if not parsed:
+            detail = (item.get("stderr") or item.get("msg") or "no output").strip()[-500:]
+            parsed = {"ok": False, "errors": [f"the verifier did not answer: {detail}"]}
+        out[item["item"]["name"]] = parsed
+    return out
+
+
+def verify_problems(
+    verified: Mapping[str, Mapping[str, Any]], plan_: Mapping[str, Any], host: str
+) -> list[str]:
+    """One message per asset that failed verification, naming its source and the first errors."""
+    assets = {a["name"]: a for a in plan_.get("assets", ())}
+    problems = []
+    for name, out in verified.items():
+        if out.get("ok"):
+            continue
+        asset = assets.get(name, {})
+        errors = list(out.get("errors") or ["verification failed"])
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        origin = asset.get("path") or asset.get("repo_id")
+        problems.append(
+            f"{host}: assets.{name} ({asset.get('source')} {origin}) failed verification: "
+            f"{'; '.join(errors[:3])}{more}; fix the source and run again"
+        )
+    return problems
+
+
+def transfers(
+    results: Sequence[Mapping[str, Any]], via: str, seeds_: Mapping[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Looped transfer results (synchronize or rsync commands) as name -> `{"via", "bytes", "ok", "error"}`.
+    `via`: `control`, `server`, `hub` or `seed` (then `seed:<host>` from `seeds_`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in results:
+        if item.get("skipped") or "item" not in item:
+            continue
+        name = item["item"]["name"]
+        text = item.get("stdout") or item.get("msg") or ""
+        if isinstance(text, list):
+            text = "\n".join(map(str, text))
+        if not text and item.get("stdout_lines"):
+            text = "\n".join(map(str, item["stdout_lines"]))
+        ok = not item.get("failed") and item.get("rc", 0) == 0
+        error = None
+        if not ok:
+            detail = str(item.get("stderr") or item.get("msg") or text or "").strip().splitlines()
+            error = " | ".join(detail[-5:]) or f"exit {item.get('rc')}"
+        where = f"seed:{(seeds_ or {}).get(name, '?')}" if via == "seed" else via
+        out[name] = {"via": where, "bytes": parse_rsync_bytes(str(text)), "ok": ok, "error": error}
+    return out
+
+
+def transfer_problems(host: str, moved: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    return [
+        f"{host}: assets.{name}: the copy ({m['via']}) failed: {m['error']}; check the disk and the network, "
+        "then run again"
+        for name, m in moved.items()
+        if not m.get("ok")
+    ]
+
+
+def hub_problems(results: Sequence[Mapping[str, Any]], host: str, endpoint: str | None) -> list[str]:
+    """Messages for failed hub downloads (the task is no_log: only the helper's own JSON is quoted, which
+    never holds the token)."""
+    problems = []
+    for item in results:
+        if item.get("skipped") or "item" not in item or item.get("rc", 0) == 0:
+            continue
+        asset = item["item"]
+        out = _json(item.get("stdout"))
+        where = endpoint or "https://huggingface.co"
+        reason = out.get("error") or f"exit {item.get('rc')}"
+        problems.append(
+            f"{host}: assets.{asset['name']}: hub download of {asset.get('repo_id')}@{asset.get('revision')} "
+            f"({where}) failed: {reason}; install huggingface_hub on the server, check hf_endpoint/hf_token, "
+            "or use source control/server"
+        )
+    return problems
+
+
+def _human(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def report(
+    planned: Mapping[str, Any],
+    statuses: Mapping[str, Any],
+    staged: Mapping[str, Any],
+    verified: Mapping[str, Any],
+) -> dict[str, Any]:
+    """`llava_report_assets`: per asset its source, where it is, what happened this run and the bytes moved.
+
+    `statuses`: name -> status output; `staged`: name -> {"via": "control|seed:<host>|server|hub",
+    "bytes": int|None}; `verified`: name -> verify output.
+    """
+    assets = {}
+    for asset in planned.get("assets", ()):
+        name = asset["name"]
+        status = statuses.get(name) or {}
+        check = verified.get(name)
+        move = staged.get(name) or {}
+        if check is not None:
+            state = "verified" if check.get("ok") else "failed"
+        elif status.get("state") == "verified":
+            state = "unchanged"
+        else:
+            state = "not staged"
+        fp = (check or {}).get("fingerprint") or status.get("fingerprint") or {}
+        assets[name] = {
+            "source": asset["source"],
+            "from": asset.get("path") or asset.get("repo_id"),
+            "dest": asset["dest"],
+            "state": state,
+            "files": fp.get("files"),
+            "bytes": fp.get("bytes"),
+            "via": move.get("via"),
+            "bytes_transferred": move.get("bytes"),
+            "errors": (check or {}).get("errors") or [],
+        }
+    moved = [a["bytes_transferred"] for a in assets.values() if a["bytes_transferred"]]
+    from_control = sum(
+        a["bytes_transferred"] or 0
+        for a in assets.values()
+        if a["via"] == "control" and a["bytes_transferred"]
+    )
+    return {
+        "manifest": planned.get("manifest"),
+        "assets": assets,
+        "bytes_transferred": sum(moved),
+        "bytes_from_control": from_control,
+    }
