@@ -21,6 +21,8 @@ ACCELERATORS = ("npu", "cuda", "cpu")
 # Seconds the wrapper gives the launcher beyond the check's own bound (interpreter start, torchrun teardown).
 LAUNCH_SLACK_S = 30
 KILL_AFTER_S = 10
+# Seconds torchrun may take to end once this server's document is written.
+DOCUMENT_GRACE_S = 10
 # Exit status of coreutils `timeout` when it had to stop the command.
 TIMEOUT_EXIT = 124
 _NAMED_CAUSES: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -38,8 +40,8 @@ _NAMED_CAUSES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("device error", re.compile(r"device \d+ \(rank \d+\)", re.IGNORECASE)),
 )
 _FIXES = {
-    "collective timed out": "a process or a server stalled: look at the stderr of the check (below) and at the "
-    "network between the servers (HCCL_IF_IP/HCCL_SOCKET_IFNAME in train_env, the security group, "
+    "collective timed out": "a process or a server stalled: look at the stderr of the check (below) and at "
+    "the network between the servers (HCCL_IF_IP/HCCL_SOCKET_IFNAME in train_env, the security group, "
     "master_port+1)",
     "collective failed": "the collective library could not connect all processes: check HCCL_IF_IP/"
     "HCCL_SOCKET_IFNAME in train_env and that the servers reach each other on the check's port",
@@ -174,13 +176,7 @@ def check_plan(
         *check_args,
     ]  # fmt: skip
     wrapper_s = rdzv_timeout_s + timeout_s + LAUNCH_SLACK_S
-    cann = str(llava.get("cann_set_env") or "")
-    shell = (
-        f"rm -f {shlex.quote(json_out)}; "
-        f"if [ -f {shlex.quote(cann)} ]; then set +u; . {shlex.quote(cann)}; fi; "
-        # `timeout` leads its own process group and signals all of it: torchrun and every worker.
-        f"exec timeout --kill-after={KILL_AFTER_S} {wrapper_s} " + " ".join(shlex.quote(a) for a in torchrun)
-    )
+    shell = launch_script(str(llava.get("cann_set_env") or ""), json_out, wrapper_s, torchrun)
     argv = ["docker", "exec"]
     for name, value in sorted(env.items()):
         argv += ["--env", f"{name}={value}"]
@@ -200,6 +196,51 @@ def check_plan(
         # What Ansible's async bound must exceed, so that the in-container bound always fires first.
         "async_s": wrapper_s + KILL_AFTER_S + LAUNCH_SLACK_S,
     }
+
+
+def launch_script(
+    cann_set_env: str,
+    json_out: str,
+    wrapper_s: int,
+    torchrun: Sequence[str],
+    grace_s: int = DOCUMENT_GRACE_S,
+) -> str:
+    """The bash script `docker exec` runs in the container.
+
+    torchrun runs under `timeout` (which leads its own process group and signals all of it: torchrun and
+    every worker). Once this server's document is written (`--json-out`, atomically), torchrun gets
+    `grace_s` to end: a healthy server's torchrun otherwise waits in its exit barrier (300 s, not
+    configurable) for the torchrun of a server whose check failed. It is then stopped and the script
+    exits 0: the verdict is the document's.
+    """
+    q = shlex.quote
+    command = " ".join(q(a) for a in torchrun)
+    return "\n".join(
+        [
+            f"json={q(json_out)}",
+            'rm -f "$json"',
+            f"if [ -f {q(cann_set_env)} ]; then set +u; . {q(cann_set_env)}; fi",
+            f"timeout --kill-after={KILL_AFTER_S} {wrapper_s} {command} &",
+            "pid=$!",
+            'while kill -0 "$pid" 2>/dev/null; do',
+            '  if [ -s "$json" ]; then',
+            "    n=0",
+            f'    while kill -0 "$pid" 2>/dev/null && [ "$n" -lt {grace_s} ]; do',
+            "      sleep 1; n=$((n + 1))",
+            "    done",
+            '    if kill -0 "$pid" 2>/dev/null; then',
+            f'      echo "accel-check launch: torchrun still running {grace_s} s after this '
+            "server's "
+            'document (its exit barrier waits for the other servers): stopped" >&2',
+            '      kill -TERM "$pid"; wait "$pid"; exit 0',
+            "    fi",
+            "    break",
+            "  fi",
+            "  sleep 1",
+            "done",
+            'wait "$pid"',
+        ]
+    )
 
 
 def parse_document(stdout: str) -> dict[str, Any] | None:
@@ -346,8 +387,9 @@ def check_result(
         return {"failed": False, "cause": None, "message": "", "report": report}
     cause = cause_of(problems)
     fix = _FIXES.get(cause, "read the problems above")
+    first_problem = problems[0] if problems else "no detail"
     lines = [
-        f"{host}: accelerator check FAILED ({cause}) over {scope}: {problems[0] if problems else 'no detail'}",
+        f"{host}: accelerator check FAILED ({cause}) over {scope}: {first_problem}",
         f"Measured: {_figures(doc)}.",
     ]
     if len(problems) > 1:

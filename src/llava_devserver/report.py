@@ -332,6 +332,9 @@ def verdict_cell(accel: Any) -> str:
         return _text(accel)
     verdict = _pick(accel, "verdict", "status", "result", "passed", "ok")
     detail = _pick(accel, "summary", "detail")
+    if isinstance(detail, str):
+        # accel_check's summary repeats the verdict and the host: `accel-check PASS devserver-1: cpu x2, ...`
+        detail = re.sub(r"^accel-check \w+ \S+: ", "", detail)
     return " ".join(_text(v) for v in (verdict, f"({_text(detail)})" if detail else None) if v is not None)
 
 

@@ -31,7 +31,7 @@ SIM_ACCEL_CHECK: dict[str, Any] = {
     "accel_check_expect_accelerator": "cpu",
     "accel_check_matmul_size": 256,
     "accel_check_matmul_seconds": 0.1,
-    "accel_check_outlier_ratio": 0.25,
+    "accel_check_outlier_ratio": 0.2,
     "accel_check_allreduce_mb": 4,
     "accel_check_allreduce_iters": 3,
     "accel_check_timeout": 180,
