@@ -116,7 +116,7 @@ def check_plan(
             f"{', '.join(ACCELERATORS)}"
         )
     nproc = _int(llava, "nproc_per_node")
-    expected = nproc if expect_devices in (None, "", 0) else int(expect_devices)  # type: ignore[arg-type]
+    expected = nproc if expect_devices in (None, "", 0) else int(expect_devices)
     if expected < 1:
         raise AccelPlanError(f"{host}: accel_check_expect_devices: must be at least 1, got {expected}")
     if timeout_s < 10 or rdzv_timeout_s < 5:
@@ -128,7 +128,7 @@ def check_plan(
             f"{host}: accel_check_collective_timeout ({collective_timeout_s}) must be below "
             f"accel_check_timeout ({timeout_s})"
         )
-    port = _int(llava, "master_port") + 1 if master_port in (None, "", 0) else int(master_port)  # type: ignore[arg-type]
+    port = _int(llava, "master_port") + 1 if master_port in (None, "", 0) else int(master_port)
     if not 1 <= port <= 65535:
         raise AccelPlanError(f"{host}: accel_check_master_port: {port} is not a port")
     nodes = run_nodes(llava, peers)
