@@ -64,7 +64,7 @@ def test_progress_from_a_tqdm_log() -> None:
 
 def test_progress_nan_and_megatron() -> None:
     assert jobstate.parse_progress("{'loss': nan, 'learning_rate': 0.1}")["loss"] is None
-    line = " iteration        7/    100 | consumed samples: 56 | lm loss: 1.303225E+00 | samples per second: 9.5"
+    line = " iteration  7/ 100 | consumed samples: 56 | lm loss: 1.303225E+00 | samples per second: 9.5"
     assert jobstate.parse_progress(line) == {
         "step": 7,
         "total_steps": 100,
@@ -200,8 +200,9 @@ def test_damaged_state_file(tmp_path: Path) -> None:
 # --- the real wrapper, launched and stopped on this machine ---------------------------------------------
 
 
-def _local_runner(calls: list[list[str]]) -> Any:
-    """`docker exec [-u U] [-w W] NAME bash -c ...` run here (user ignored: the test's own user)."""
+def _local_runner(calls: list[list[str]], scope: str) -> Any:
+    """`docker exec [-u U] [-w W] NAME bash -c ...` run here (user ignored: the test's own user); the process
+    list is cut down to the processes whose command line names `scope` (the test's directory)."""
 
     def run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
         argv = list(argv)
@@ -212,7 +213,11 @@ def _local_runner(calls: list[list[str]]) -> Any:
             if rest[0] == "-w":
                 workdir = rest[1]
             rest = rest[2:]
-        return subprocess.run(rest[1:], capture_output=True, text=True, cwd=workdir, check=False, timeout=60)
+        result = subprocess.run(rest[1:], capture_output=True, text=True, cwd=workdir, check=False, timeout=60)
+        if rest[3] == jobstate.PROCESSES:  # this machine's other processes (other fleets' jobs) are not ours
+            mine = [line for line in result.stdout.splitlines() if scope in line]
+            result.stdout = "".join(f"{line}\n" for line in mine)
+        return result
 
     return run
 
@@ -237,7 +242,7 @@ def workspace(tmp_path: Path) -> tuple[jobstate.Paths, jobstate.Container, Path,
     paths = jobstate.Paths(str(tmp_path / "ws"), str(tmp_path / "ws"))
     os.makedirs(paths.log_dir)
     calls: list[list[str]] = []
-    return paths, jobstate.Container("c", runner=_local_runner(calls)), tree, calls
+    return paths, jobstate.Container("c", runner=_local_runner(calls, str(tmp_path))), tree, calls
 
 
 def _wait_until_ended(paths: jobstate.Paths, container: jobstate.Container, seconds: float = 20) -> Any:
@@ -385,3 +390,19 @@ def test_report_filter_and_loss_summary(tmp_path: Path) -> None:
     report = filters.llava_pretrain_report(job, "start", summary)
     assert report["state"] == "finished" and report["step"] == 2 and report["loss"] == 4.31
     assert report["loss_summary"]["steps"] == 2 and report["action"] == "start"
+
+
+def test_start_refuses_beside_a_stray_training_process(workspace: Any, tmp_path: Path) -> None:
+    paths, container, tree, _ = workspace
+    stray = subprocess.Popen(
+        ["bash", "-c", f'exec -a "python llava/train/train_mem.py {tmp_path}" sleep 30'],
+        start_new_session=True,
+    )
+    try:
+        time.sleep(0.3)
+        with pytest.raises(jobstate.JobError, match=rf"{stray.pid} python llava/train/train_mem.py"):
+            jobstate.start(paths, container, str(tree), "scripts/run.sh", 0, NOW)
+        assert not Path(paths.state_file).exists()
+    finally:
+        stray.kill()
+        stray.wait()

@@ -77,16 +77,42 @@ for _ in $(seq 100); do [ -s "$3" ] && break; sleep 0.1; done
 cat "$3"
 """.replace("{name}", WRAPPER_NAME)
 
-# SIGTERM to the process group, then SIGKILL after the grace period (the same as playbooks/down.yml). A
-# process counts as gone once its /proc entry has no command line (a zombie has none). Exit 3: it stopped.
+# SIGTERM to the process group and to every descendant of the wrapper (torchrun starts its workers in
+# sessions of their own, so the group alone does not reach them), SIGKILL to all of them after the grace
+# period (the signals of playbooks/down.yml). A process counts as gone once its /proc entry has no command
+# line (a zombie has none). Exit 0: nothing ran; 3: it stopped; 4: SIGKILL was needed.
 STOP = r"""
 pid=$1; grace=$2
-alive() { [ -n "$(tr -d '\0' <"/proc/$pid/cmdline" 2>/dev/null)" ]; }
-alive || exit 0
-kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || exit 0
+alive() { [ -n "$(tr -d '\0' <"/proc/$1/cmdline" 2>/dev/null)" ]; }
+parents() {
+  for s in /proc/[0-9]*/stat; do
+    read -r line <"$s" 2>/dev/null || continue
+    rest=${line##*) }
+    set -- $rest
+    p=${s#/proc/}
+    echo "${p%/stat} $2"
+  done
+}
+family() {
+  table=$(parents); found=" $1 "; grew=1
+  while [ -n "$grew" ]; do
+    grew=""
+    while read -r child parent; do
+      case "$found" in *" $parent "*) ;; *) continue ;; esac
+      case "$found" in *" $child "*) ;; *) found="$found$child "; grew=1 ;; esac
+    done <<<"$table"
+  done
+  echo $found
+}
+anyalive() { for p in $pids; do alive "$p" && return 0; done; return 1; }
+alive "$pid" || exit 0
+pids=$(family "$pid")
+kill -TERM -- "-$pid" 2>/dev/null
+for p in $pids; do kill -TERM "$p" 2>/dev/null; done
 i=0
-while [ "$i" -lt "$grace" ]; do alive || exit 3; sleep 1; i=$((i + 1)); done
-kill -KILL -- "-$pid" 2>/dev/null; kill -KILL "$pid" 2>/dev/null
+while [ "$i" -lt "$grace" ]; do anyalive || exit 3; sleep 1; i=$((i + 1)); done
+kill -KILL -- "-$pid" 2>/dev/null
+for p in $pids; do kill -KILL "$p" 2>/dev/null; done
 sleep 1
 exit 4
 """
