@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import subprocess
@@ -50,6 +51,11 @@ class Run:
     output: str
     recap: dict[str, dict[str, int]]
     seconds: float
+    run_dir: Path
+
+    def report(self) -> dict[str, Any]:
+        """report.json of the llava_report callback (the llava_report_* facts per host)."""
+        return dict(json.loads((self.run_dir / "report.json").read_text()))
 
 
 def docker_client() -> Any:
@@ -114,12 +120,15 @@ def playbook(fleet: Fleet, *plays: str) -> Path:
 
 
 def run_play(fleet: Fleet, plays: tuple[str, ...], *args: str) -> Run:
+    runs = fleet.dir / "runs"
+    runs.mkdir(exist_ok=True)
+    run_dir = runs / f"{len(list(runs.iterdir())) + 1:02d}-{'-'.join(plays)}"
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
+        "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks,llava_report",
         "ANSIBLE_FORCE_COLOR": "0",
-        "LLAVA_RUN_DIR": str(fleet.dir / "run"),
+        "LLAVA_RUN_DIR": str(run_dir),
         "PATH": f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
     }
     start = time.monotonic()
@@ -133,7 +142,7 @@ def run_play(fleet: Fleet, plays: tuple[str, ...], *args: str) -> Run:
     recap = {}
     for host, counts in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", output, re.MULTILINE):
         recap[host] = {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", counts)}
-    return Run(result.returncode, output, recap, seconds)
+    return Run(result.returncode, output, recap, seconds, run_dir)
 
 
 def address(fleet: Fleet, host: str) -> str:

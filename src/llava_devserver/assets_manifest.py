@@ -10,6 +10,10 @@ Standalone on purpose (Python 3 standard library only, like assets_verify.py bes
     python3 assets_manifest.py space   --path P --bytes N [--present N] [--margin N]
     python3 assets_manifest.py hub-download --repo-id ID --revision REV --repo-type T --dest P [--file NAME]
     python3 assets_manifest.py fingerprint P [--hash-small N]
+    python3 assets_manifest.py batch '[{"op": "status", "manifest": ..., "name": ..., "path": ...}, ...]'
+
+`batch` runs several of status/verify/mark/space (keyword arguments as below) in one process: the role
+checks all assets of a server in one SSH round trip.
 
 Each prints one JSON object. `verify` exits 1 when the asset is not sound, `hub-download` 3 when
 huggingface_hub is missing and 1 when the download fails; the others exit 0 (2 on a usage error).
@@ -127,7 +131,7 @@ def _now() -> str:
 
 
 def status(
-    manifest_path: str,
+    manifest: str,
     name: str,
     path: str,
     hash_small: int = 0,
@@ -145,7 +149,7 @@ def status(
         if source_fp is None:
             return {**result, "state": "no-source", "reason": f"{source} does not exist on this server"}
         expect = source_fp["digest"]
-    entry = read_manifest(manifest_path)["assets"].get(name)
+    entry = read_manifest(manifest)["assets"].get(name)
     if current is None:
         return {**result, "state": "missing", "reason": f"{path} does not exist"}
     if expect is not None and current["digest"] != expect:
@@ -160,7 +164,7 @@ def status(
 
 
 def verify(
-    manifest_path: str,
+    manifest: str,
     name: str,
     kind: str,
     path: str,
@@ -192,7 +196,7 @@ def verify(
         "errors": result["errors"],
         "details": result.get("details", {}),
     }
-    write_entry(manifest_path, name, entry)
+    write_entry(manifest, name, entry)
     return {"name": name, **entry}
 
 
@@ -210,7 +214,7 @@ def _verify_image_folder(path: str) -> dict[str, Any]:
     return {"ok": not errors, "path": path, "kind": "images", "errors": errors, "details": {"files": count}}
 
 
-def mark(manifest_path: str, name: str, path: str, error: str) -> dict[str, Any]:
+def mark(manifest: str, name: str, path: str, error: str) -> dict[str, Any]:
     """Record that the asset is NOT verified (it could not be staged), so no reader trusts an old entry."""
     entry = {
         "ok": False,
@@ -220,14 +224,16 @@ def mark(manifest_path: str, name: str, path: str, error: str) -> dict[str, Any]
         "errors": [error],
         "details": {},
     }
-    write_entry(manifest_path, name, entry)
+    write_entry(manifest, name, entry)
     return {"name": name, **entry}
 
 
 # --- free space -----------------------------------------------------------------------------------------
 
 
-def space(path: str, need_bytes: int, present: int = 0, margin: int = 0) -> dict[str, Any]:
+def space(
+    path: str, need_bytes: int, present: int = 0, margin: int = 0, name: str | None = None
+) -> dict[str, Any]:
     """Whether the file system that will hold `path` has room for `need_bytes` (less what is already
     there, plus `margin`). Checked at the nearest existing ancestor."""
     checked = path
@@ -239,7 +245,7 @@ def space(path: str, need_bytes: int, present: int = 0, margin: int = 0) -> dict
     stat = os.statvfs(checked)
     avail = stat.f_bavail * stat.f_frsize
     need = max(0, need_bytes - present) + margin
-    return {"path": path, "checked": checked, "avail": avail, "need": need, "ok": avail >= need}
+    return {"name": name, "path": path, "checked": checked, "avail": avail, "need": need, "ok": avail >= need}
 
 
 # --- Hugging Face downloads -----------------------------------------------------------------------------
@@ -281,6 +287,29 @@ def hub_download(
     return {"ok": True, "code": 0, "path": dest}
 
 
+# --- several operations in one process (one SSH round trip for all assets) -----------------------------
+
+_OPERATIONS: dict[str, Any] = {}
+
+
+def batch(operations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run `[{"op": "status"|"verify"|"mark"|"space", ...keyword arguments}]` in order; one result each
+    (an operation that raises gives `{"ok": false, "errors": [...]}` and the others still run)."""
+    results = []
+    for operation in operations:
+        kwargs = dict(operation)
+        name = kwargs.pop("op")
+        try:
+            results.append(_OPERATIONS[name](**kwargs))
+        except Exception as error:  # reported per operation, named
+            problem = f"{name}: {error}"
+            results.append({"name": kwargs.get("name"), "ok": False, "state": "error", "errors": [problem]})
+    return results
+
+
+_OPERATIONS.update(status=status, verify=verify, mark=mark, space=space)
+
+
 # --- command line ---------------------------------------------------------------------------------------
 
 
@@ -319,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     p_hub.add_argument("--repo-type", choices=("model", "dataset"), default="model")
     p_hub.add_argument("--dest", required=True)
     p_hub.add_argument("--file")
+    p_batch = commands.add_parser("batch", help="a JSON list of operations (status, verify, mark, space)")
+    p_batch.add_argument("operations")
     p_fp = commands.add_parser("fingerprint")
     p_fp.add_argument("path")
     p_fp.add_argument("--hash-small", type=int, default=0)
@@ -328,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if exit_.code else 0
 
     code = 0
+    if args.command == "batch":
+        print(json.dumps(batch(json.loads(args.operations)), sort_keys=True))
+        return 0
     if args.command == "status":
         out = status(args.manifest, args.name, args.path, args.hash_small, args.expect, args.source)
     elif args.command == "verify":

@@ -145,60 +145,116 @@ def _helper(plan_: Mapping[str, Any], python: str) -> list[str]:
     return [python, posixpath.join(plan_["helper_dir"], "assets_manifest.py")]
 
 
-def status_command(asset: Mapping[str, Any], plan_: Mapping[str, Any], python: str = "python3") -> list[str]:
-    """Read-only check of one asset against the manifest (and its source's fingerprint)."""
-    argv = [
-        *_helper(plan_, python), "status", "--manifest", plan_["manifest"], "--name", asset["name"],
-        "--path", asset["host_dest"], "--hash-small", str(asset["hash_small"]),
-    ]  # fmt: skip
-    if asset["source"] == "control" and asset.get("source_fingerprint"):
-        argv += ["--expect", asset["source_fingerprint"]["digest"]]
-    elif asset["source"] == "server" and asset.get("path"):
-        argv += ["--source", asset["path"]]
-    return argv
-
-
-def verify_command(
-    asset: Mapping[str, Any], plan_: Mapping[str, Any], sample: int = 256, python: str = "python3"
+def batch_command(
+    operations: Sequence[Mapping[str, Any]], plan_: Mapping[str, Any], python: str = "python3"
 ) -> list[str]:
-    """Verification of one asset where the container reads it; the outcome goes into the manifest."""
-    argv = [
-        *_helper(plan_, python), "verify", "--manifest", plan_["manifest"], "--name", asset["name"],
-        "--kind", asset["kind"], "--path", asset["host_dest"], "--hash-small", str(asset["hash_small"]),
-    ]  # fmt: skip
-    if asset["kind"] == "pretrain_json":
-        if asset.get("image_root"):
-            argv += ["--image-root", asset["image_root"]]
-        argv += ["--sample", str(sample)]
-    if asset["source"] == "control" and asset.get("source_fingerprint"):
-        argv += ["--source-digest", asset["source_fingerprint"]["digest"]]
-    return argv
+    """One run of the server-side helper for several operations (one SSH round trip)."""
+    import json
+
+    return [*_helper(plan_, python), "batch", json.dumps(list(operations), sort_keys=True)]
 
 
-def space_command(
-    asset: Mapping[str, Any],
-    plan_: Mapping[str, Any],
-    status_: Mapping[str, Any],
-    margin: int = 0,
-    python: str = "python3",
-) -> list[str]:
-    """The free-space check before staging: the asset's size (its source's) less what is already there."""
-    source_fp = asset.get("source_fingerprint") or status_.get("source_fingerprint") or {}
-    present = (status_.get("fingerprint") or {}).get("bytes") or 0
+def status_ops(plan_: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Read-only checks of every asset against the manifest (and its source's fingerprint)."""
+    ops = []
+    for asset in plan_["assets"]:
+        op: dict[str, Any] = {
+            "op": "status", "manifest": plan_["manifest"], "name": asset["name"], "path": asset["host_dest"],
+            "hash_small": asset["hash_small"],
+        }  # fmt: skip
+        if asset["source"] == "control" and asset.get("source_fingerprint"):
+            op["expect"] = asset["source_fingerprint"]["digest"]
+        elif asset["source"] == "server" and asset.get("path"):
+            op["source"] = asset["path"]
+        ops.append(op)
+    return ops
+
+
+def space_ops(
+    plan_: Mapping[str, Any], todo: Sequence[str], statuses: Mapping[str, Any], margin: int = 0
+) -> list[dict[str, Any]]:
+    """Free-space checks before staging: each asset's size (its source's) less what is already there.
+    Hub assets are left out (their size is not known before the download)."""
+    ops = []
+    for asset in plan_["assets"]:
+        status_ = statuses.get(asset["name"]) or {}
+        if asset["name"] not in todo or asset["source"] not in ("control", "server"):
+            continue
+        if status_.get("state") == "no-source":
+            continue
+        source_fp = asset.get("source_fingerprint") or status_.get("source_fingerprint") or {}
+        ops.append({
+            "op": "space", "name": asset["name"], "path": asset["host_dest"],
+            "need_bytes": int(source_fp.get("bytes") or 0),
+            "present": int((status_.get("fingerprint") or {}).get("bytes") or 0), "margin": int(margin),
+        })  # fmt: skip
+    return ops
+
+
+def verify_ops(plan_: Mapping[str, Any], names: Sequence[str], sample: int = 256) -> list[dict[str, Any]]:
+    """Verification where the container reads each asset; outcomes go into the manifest. In ORDER (the
+    pretrain JSON after the images it names)."""
+    ops = []
+    for asset in plan_["assets"]:
+        if asset["name"] not in names:
+            continue
+        op: dict[str, Any] = {
+            "op": "verify", "manifest": plan_["manifest"], "name": asset["name"], "kind": asset["kind"],
+            "path": asset["host_dest"], "hash_small": asset["hash_small"],
+        }  # fmt: skip
+        if asset["kind"] == "pretrain_json":
+            op["image_root"] = asset.get("image_root")
+            op["sample"] = sample or None
+        if asset["source"] == "control" and asset.get("source_fingerprint"):
+            op["source_digest"] = asset["source_fingerprint"]["digest"]
+        ops.append(op)
+    return ops
+
+
+def mark_ops(plan_: Mapping[str, Any], reasons: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Record in the manifest that these assets are not verified (they could not be staged), and why."""
     return [
-        *_helper(plan_, python), "space", "--path", asset["host_dest"],
-        "--bytes", str(source_fp.get("bytes") or 0), "--present", str(present), "--margin", str(margin),
-    ]  # fmt: skip
+        {
+            "op": "mark",
+            "manifest": plan_["manifest"],
+            "name": a["name"],
+            "path": a["host_dest"],
+            "error": reasons[a["name"]],
+        }
+        for a in plan_["assets"]
+        if a["name"] in reasons
+    ]
 
 
-def mark_command(
-    asset: Mapping[str, Any], plan_: Mapping[str, Any], error: str, python: str = "python3"
-) -> list[str]:
-    """Record in the manifest that the asset is not verified (it could not be staged)."""
-    return [
-        *_helper(plan_, python), "mark", "--manifest", plan_["manifest"], "--name", asset["name"],
-        "--path", asset["host_dest"], "--error", error,
-    ]  # fmt: skip
+def batch_results(
+    result: Mapping[str, Any], operations: Sequence[Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """name -> result of a `batch` command's registered result; when the helper itself failed, every
+    operation gets a failure naming the helper's error."""
+    parsed: Any = None
+    if not result.get("skipped"):
+        import json
+
+        try:
+            parsed = json.loads(result.get("stdout") or "")
+        except ValueError:
+            parsed = None
+    if not isinstance(parsed, list) or len(parsed) != len(operations):
+        if result.get("skipped") or not operations:
+            return {}
+        detail = str(result.get("stderr") or result.get("msg") or "no output").strip()[-400:]
+        error = f"the server-side helper failed: {detail}"
+        return {
+            str(op["name"]): {
+                "name": op["name"],
+                "ok": False,
+                "state": "error",
+                "errors": [error],
+                "error": error,
+            }
+            for op in operations
+        }
+    return {str(op["name"]): dict(out) for op, out in zip(operations, parsed, strict=True)}
 
 
 def _slash(path: str, is_dir: bool) -> str:
@@ -280,36 +336,14 @@ def _json(text: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def space_results(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The looped `space` commands as `[{"asset", "space"}]` (skipped items left out)."""
-    out = []
-    for item in results:
-        if item.get("skipped") or "item" not in item:
-            continue
-        space = _json(item.get("stdout"))
-        if not space:  # the helper itself failed: report that as no room to stage
-            error = (item.get("stderr") or item.get("msg") or "").strip()[-300:]
-            space = {
-                "ok": False,
-                "path": item["item"].get("host_dest"),
-                "avail": 0,
-                "need": 0,
-                "error": error,
-            }
-        out.append({"asset": item["item"], "space": space})
-    return out
-
-
-def space_problems(host: str, results: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Messages for the free-space checks that failed (from space_results)."""
+def space_problems(spaces: Mapping[str, Mapping[str, Any]], host: str) -> list[str]:
+    """Messages for the free-space checks that failed (name -> `space` result)."""
     problems = []
-    for item in results:
-        out = item.get("space") or {}
+    for name, out in spaces.items():
         if out.get("ok"):
             continue
-        name = (item.get("asset") or {}).get("name")
-        if out.get("error"):
-            problems.append(f"{host}: assets.{name}: the free-space check failed: {out['error']}")
+        if out.get("errors"):
+            problems.append(f"{host}: assets.{name}: the free-space check failed: {out['errors'][0]}")
             continue
         problems.append(
             f"{host}: assets.{name}: not enough free space for {out['path']}: "
@@ -318,20 +352,6 @@ def space_problems(host: str, results: Sequence[Mapping[str, Any]]) -> list[str]
             "and run again"
         )
     return problems
-
-
-def verify_results(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The looped `verify` commands as name -> their JSON (an unreadable answer counts as a failure)."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in results:
-        if item.get("skipped") or "item" not in item:
-            continue
-        parsed = _json(item.get("stdout"))
-        if not parsed:
-            detail = (item.get("stderr") or item.get("msg") or "no output").strip()[-500:]
-            parsed = {"ok": False, "errors": [f"the verifier did not answer: {detail}"]}
-        out[item["item"]["name"]] = parsed
-    return out
 
 
 def verify_problems(
@@ -405,6 +425,31 @@ def hub_problems(results: Sequence[Mapping[str, Any]], host: str, endpoint: str 
             "or use source control/server"
         )
     return problems
+
+
+def unstaged_reasons(
+    spaces: Mapping[str, Mapping[str, Any]],
+    no_source: Sequence[str],
+    moved: Mapping[str, Mapping[str, Any]],
+) -> dict[str, str]:
+    """name -> why the asset was not staged, for the manifest (`mark`): no room, no source, failed copy."""
+    reasons: dict[str, str] = {}
+    for name, out in spaces.items():
+        if out.get("ok"):
+            continue
+        if out.get("errors"):
+            reasons[name] = f"not staged: the free-space check failed: {out['errors'][0]}"
+        else:
+            reasons[name] = (
+                f"not staged: {_human(out.get('avail', 0))} free at {out.get('checked')}, "
+                f"{_human(out.get('need', 0))} needed"
+            )
+    for name in no_source:
+        reasons[name] = "not staged: its source path is missing on the server"
+    for name, m in moved.items():
+        if not m.get("ok"):
+            reasons[name] = f"not staged: the copy ({m.get('via')}) failed: {m.get('error')}"
+    return reasons
 
 
 def _human(n: int) -> str:

@@ -5,8 +5,10 @@
 - `{{ inventory_hostname | llava_assets_seeds(plans, play_hosts) }}`: asset -> the seed host.
 - `{{ asset | llava_assets_fanout_command(key, user, address) }}`, `{{ asset | llava_assets_local_copy }}`,
   `{{ asset | llava_assets_hub_command(helper_dir) }}`, `{{ endpoint | llava_assets_hub_env(token) }}`.
-- `{{ asset | llava_assets_status_command(plan) }}`, `..._verify_command(plan, sample)`,
-  `..._space_command(plan, status, margin)`, `..._mark_command(plan, error)`: helper command lines.
+- `{{ plan | llava_assets_status_ops }}`, `..._space_ops(todo, statuses, margin)`,
+  `..._verify_ops(names, sample)`, `..._mark_ops(reasons)`: operations of the server-side helper;
+  `{{ ops | llava_assets_batch(plan) }}` its command line, `{{ result | llava_assets_batch_results(ops) }}`
+  name -> outcome.
 - `{{ stdout | llava_assets_rsync_bytes }}`, `{{ results | llava_assets_space_problems(host) }}`,
   `{{ results | llava_assets_verify_problems(host) }}`, `{{ plan | llava_assets_report(...) }}`.
 - `{{ container_path | llava_host_path(llava) }}`: its server path under work_dir.
@@ -66,10 +68,6 @@ def llava_assets_rsync_bytes(stdout: Any) -> int | None:
     return assets_plan.parse_rsync_bytes(str(stdout or ""))
 
 
-def llava_assets_space_problems(results: Sequence[Mapping[str, Any]], host: str) -> list[str]:
-    return assets_plan.space_problems(host, results)
-
-
 def llava_assets_transfer_problems(moved: Mapping[str, Any], host: str) -> list[str]:
     return assets_plan.transfer_problems(host, moved)
 
@@ -106,21 +104,22 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "llava_assets_seeds": llava_assets_seeds,
     "llava_assets_fanout_command": llava_assets_fanout_command,
     "llava_assets_local_copy": assets_plan.local_copy_command,
-    "llava_assets_status_command": assets_plan.status_command,
-    "llava_assets_verify_command": assets_plan.verify_command,
-    "llava_assets_space_command": assets_plan.space_command,
-    "llava_assets_mark_command": assets_plan.mark_command,
+    "llava_assets_batch": assets_plan.batch_command,
+    "llava_assets_batch_results": assets_plan.batch_results,
+    "llava_assets_status_ops": assets_plan.status_ops,
+    "llava_assets_space_ops": assets_plan.space_ops,
+    "llava_assets_verify_ops": assets_plan.verify_ops,
+    "llava_assets_mark_ops": assets_plan.mark_ops,
     "llava_assets_hub_command": llava_assets_hub_command,
     "llava_assets_hub_env": llava_assets_hub_env,
     "llava_assets_rsync_bytes": llava_assets_rsync_bytes,
-    "llava_assets_space_problems": llava_assets_space_problems,
+    "llava_assets_space_problems": assets_plan.space_problems,
     "llava_assets_verify_problems": assets_plan.verify_problems,
-    "llava_assets_space_results": assets_plan.space_results,
     "llava_assets_transfers": assets_plan.transfers,
+    "llava_assets_unstaged_reasons": assets_plan.unstaged_reasons,
     "llava_assets_needs_copy": assets_plan.needs_copy,
     "llava_assets_hub_problems": assets_plan.hub_problems,
     "llava_assets_transfer_problems": llava_assets_transfer_problems,
-    "llava_assets_verify_results": assets_plan.verify_results,
     "llava_assets_report": llava_assets_report,
     "llava_assets_python_files": llava_assets_python_files,
     "llava_host_path": llava_host_path,
