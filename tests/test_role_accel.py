@@ -169,7 +169,7 @@ def test_passes_on_three_servers_with_figures(fleet: Path) -> None:
     for host in HOSTS:
         accel = assert_passed(run, host, nnodes=3, world_size=6)
         assert accel["node_rank"] == HOSTS.index(host)
-        assert run.recap[host]["changed"] == 0  # the script is already in the container (first run: setup)
+        assert run.recap[host]["changed"] == 1  # the copy of accel_check.py into the container; the check: ok
     first = run.accel("devserver-1")
     assert first["run"]["master_addr"] != "127.0.0.1"  # the servers met at the first one's address
     # every server measured the same collective
@@ -190,6 +190,7 @@ def test_one_server(fleet: Path) -> None:
     limited = run_play(fleet, ("validate", "accel"), "--limit", "devserver-1", name="limit")
     assert limited.rc == 0, limited.output[-4000:]
     assert set(limited.recap) == {"devserver-1"}
+    assert limited.recap["devserver-1"]["changed"] == 0  # the script is there already: nothing is sent again
     accel = assert_passed(limited, "devserver-1", nnodes=1, world_size=2)
     assert accel["run"]["job_nnodes"] == 3 and accel["run"]["master_addr"] == "127.0.0.1"
 
