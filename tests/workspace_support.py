@@ -122,7 +122,8 @@ def playbook(fleet: Fleet, *plays: str) -> Path:
 def run_play(fleet: Fleet, plays: tuple[str, ...], *args: str) -> Run:
     runs = fleet.dir / "runs"
     runs.mkdir(exist_ok=True)
-    run_dir = runs / f"{len(list(runs.iterdir())) + 1:02d}-{'-'.join(plays)}"
+    done = [p for p in runs.iterdir() if p.name != "latest"]
+    run_dir = runs / f"{len(done) + 1:02d}-{'-'.join(plays)}"
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),

@@ -1,0 +1,139 @@
+"""Asset staging benchmark (llava_assets fan-out) on the simulated fleet: prints a table.
+
+For each fleet size N (default 1 and 3): fresh simulated servers with the training container running
+(validate, host, container; not timed) and the workspace built (llava_workspace; not timed), then:
+- staging: `--tags llava_assets` (the validate play runs too: it is tagged always) on servers without
+  assets: the control node sends each asset to the seed, the seed pushes it to the others;
+- no-op: the same again (everything verified: must stage nothing); staging minus no-op is the time spent
+  staging beyond Ansible's fixed cost.
+
+Bytes are measured twice: rsync's own `Total bytes sent` (from the llava_report_assets facts of the run:
+control node -> seed, seed -> each other server) and each server's interface counters on the fleet network
+(rx/tx bytes around the staging run, which include Ansible's own SSH traffic).
+
+The synthetic assets are tiny (~1 MB); `--pad-mb` adds a blob of random bytes to the image folder (a
+copy of the assets, default 64 MB) so that the asset traffic dominates Ansible's.
+
+    .venv/bin/python bench/staging_bench.py [--sizes 1 3] [--pad-mb 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+import workspace_support as ws  # noqa: E402
+from llava_devserver.assets_manifest import fingerprint  # noqa: E402
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f}"
+
+
+def padded_assets(fleet: ws.Fleet, pad_mb: int) -> int:
+    """Point the fleet's assets at a copy whose image folder carries `pad_mb` MB more; returns the total
+    asset bytes."""
+    settings = ws.group_vars(fleet)
+    assets = settings["assets"]
+    root = Path(assets["images"]["path"]).parent
+    copy = fleet.dir / "bench-assets"
+    if not copy.exists():
+        shutil.copytree(root, copy, copy_function=shutil.copy2)
+        if pad_mb:
+            (copy / "images" / "pad").mkdir()
+            with (copy / "images" / "pad" / "blob.bin").open("wb") as handle:
+                for _ in range(pad_mb):
+                    handle.write(os.urandom(1 << 20))
+    for spec in assets.values():
+        spec["path"] = str(copy / Path(spec["path"]).name)
+    import yaml
+
+    (fleet.dir / "group_vars" / "all.yml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    total = 0
+    for spec in assets.values():
+        fp = fingerprint(spec["path"])
+        assert fp is not None
+        total += fp["bytes"]
+    return total
+
+
+def measure(n: int, pad_mb: int, keep: bool) -> dict[str, Any]:
+    from llava_devserver.sim import fleet as sim_fleet
+
+    name = f"stgb{n}-{os.getpid()}"
+    out = Path(tempfile.mkdtemp(prefix=f"staging-bench-{n}-"))
+    try:
+        fleet = ws.fleet_up(name, n, out)
+        total = padded_assets(fleet, pad_mb)
+        setup = ws.run_play(fleet, ("validate", "host", "container"))
+        assert setup.rc == 0, setup.output[-3000:]
+        built = ws.run_play(fleet, ("validate", "workspace"), "--tags", "llava_workspace")
+        assert built.rc == 0, built.output[-3000:]
+        before = ws.net_counters(fleet)
+        staging = ws.run_play(fleet, ("validate", "workspace"), "--tags", "llava_assets")
+        after = ws.net_counters(fleet)
+        assert staging.rc == 0, staging.output[-3000:]
+        noop = ws.run_play(fleet, ("validate", "workspace"), "--tags", "llava_assets")
+        assert noop.rc == 0 and all(r["changed"] == 0 for r in noop.recap.values()), noop.output[-3000:]
+        facts = {h["host"]: h["facts"]["assets"] for h in staging.report()["hosts"]}
+        from_control = sum(f["bytes_from_control"] for f in facts.values())
+        from_seed = sum(f["bytes_transferred"] - f["bytes_from_control"] for f in facts.values())
+        rx = {h: after[h]["rx"] - before[h]["rx"] for h in fleet.hosts}
+        tx = {h: after[h]["tx"] - before[h]["tx"] for h in fleet.hosts}
+        return {
+            "servers": n,
+            "asset_bytes": total,
+            "from_control": from_control,
+            "from_seed": from_seed,
+            "seed_rx": rx[fleet.hosts[0]],
+            "seed_tx": tx[fleet.hosts[0]],
+            "others_rx": sum(rx[h] for h in fleet.hosts[1:]),
+            "staging_s": staging.seconds,
+            "noop_s": noop.seconds,
+        }
+    finally:
+        if not keep:
+            sim_fleet.fleet_down(name, log=lambda _: None)
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| servers | assets MB | rsync from control MB | rsync seed->others MB | seed rx MB | seed tx MB "
+        "| others rx MB | staging s | no-op s | staging - no-op s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['servers']} | {_mb(r['asset_bytes'])} | {_mb(r['from_control'])} | {_mb(r['from_seed'])} "
+            f"| {_mb(r['seed_rx'])} | {_mb(r['seed_tx'])} | {_mb(r['others_rx'])} | {r['staging_s']:.1f} "
+            f"| {r['noop_s']:.1f} | {r['staging_s'] - r['noop_s']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 3])
+    parser.add_argument("--pad-mb", type=int, default=64)
+    parser.add_argument("--keep", action="store_true", help="leave the fleets up (remove with sim down)")
+    args = parser.parse_args()
+    rows = []
+    for n in args.sizes:
+        rows.append(measure(n, args.pad_mb, args.keep))
+        print(table(rows), flush=True)
+    load = os.getloadavg()
+    print(f"\nload average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
