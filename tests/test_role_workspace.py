@@ -13,8 +13,8 @@ left:
    devserver-1 a truncated LLM shard (source server), a pretrain JSON naming missing images and a tmpfs too
    small for the vision tower. Each host fails with its own clear message; the manifests say what is not
    verified; no build marker is left by the failed build.
-4. With the faults removed, the next run repairs everything (build.sh runs again) and every server ends
-   with the same verified assets.
+4. With the faults removed, check mode changes nothing; the next run repairs everything (build.sh runs
+   again) and every server ends with the same verified assets.
 """
 
 from __future__ import annotations
@@ -216,7 +216,14 @@ def test_faults_fail_their_host_and_leave_the_manifest_honest(fleet: ws.Fleet) -
             ws.set_host_vars(fleet, host, None)
 
 
-def test_next_run_repairs_everything(fleet: ws.Fleet) -> None:
+def test_check_mode_then_the_next_run_repairs_everything(fleet: ws.Fleet) -> None:
+    before = {h: manifest(fleet, h) for h in HOSTS}
+    check = ws.run_play(fleet, ("validate", "workspace"), "--check")
+    assert check.rc == 0, check.output[-5000:]
+    # check mode builds, copies, verifies and records nothing
+    assert {h: manifest(fleet, h) for h in HOSTS} == before
+    assert ws.ssh(fleet, "devserver-3", f"test -e {STATE}/build-{LLAVA_TRAIN_COMMIT}.ok").returncode != 0
+
     run = ws.run_play(fleet, ("validate", "workspace"))
     assert run.rc == 0, run.output[-5000:]
     # devserver-3 unpacked the good package again and ran build.sh again; the others did not
