@@ -213,7 +213,9 @@ def _local_runner(calls: list[list[str]], scope: str) -> Any:
             if rest[0] == "-w":
                 workdir = rest[1]
             rest = rest[2:]
-        result = subprocess.run(rest[1:], capture_output=True, text=True, cwd=workdir, check=False, timeout=60)
+        result = subprocess.run(
+            rest[1:], capture_output=True, text=True, cwd=workdir, check=False, timeout=60
+        )
         if rest[3] == jobstate.PROCESSES:  # this machine's other processes (other fleets' jobs) are not ours
             mine = [line for line in result.stdout.splitlines() if scope in line]
             result.stdout = "".join(f"{line}\n" for line in mine)

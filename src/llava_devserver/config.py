@@ -463,8 +463,9 @@ class Settings(BaseModel):
     )
     train_restart: bool = Field(
         False,
-        description="Start the job again although it finished (mm_projector.bin saved); it resumes from the "
-        "newest checkpoint-* in output_dir, so empty output_dir to start over. A running job is never touched.",
+        description="Start the job again although it finished (mm_projector.bin saved); it resumes from "
+        "the newest checkpoint-* in output_dir, so empty output_dir to start over. A running job is never "
+        "touched.",
         json_schema_extra=_scope("fleet"),
     )
     metadata_guard: bool = Field(
