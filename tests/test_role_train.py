@@ -171,6 +171,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             "output_dir": "./checkpoints/llava-sim-single",
             "max_steps": STEPS,
             "save_steps": 10,
+            "train_wait": False,  # start and return: the tests below look at the running job
         }
         (single / "group_vars" / "all.yml").write_text(yaml.safe_dump(single_settings, sort_keys=False))
         ready = Fleet(out, single)

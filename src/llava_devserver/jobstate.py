@@ -204,12 +204,24 @@ def read_job(path: str) -> dict[str, Any]:
     return job
 
 
+def own_like_parent(path: str) -> None:
+    """Give a file we write as root the owner of its directory (the image user's, as the guide's chown -R
+    wants for the whole work_dir), so that the next run finds nothing to chown."""
+    if os.geteuid() != 0:
+        return
+    parent = os.stat(os.path.dirname(path) or ".")
+    mine = os.stat(path)
+    if (mine.st_uid, mine.st_gid) != (parent.st_uid, parent.st_gid):
+        os.chown(path, parent.st_uid, parent.st_gid)
+
+
 def write_job(path: str, job: Mapping[str, Any]) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(json.dumps(dict(job), indent=2, sort_keys=True) + "\n")
     os.chmod(tmp, 0o644)
+    own_like_parent(tmp)
     os.replace(tmp, path)
 
 
@@ -220,6 +232,7 @@ def locked(path: str) -> Iterator[None]:
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "a") as handle:
+        own_like_parent(path)
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -117,6 +117,8 @@ def sim_group_vars(
         "model_max_length": 128,
         "dataloader_num_workers": 0,
         "launcher": "torchrun",
+        # The demo and the Molecule verify read the finished job: wait for it (20 steps, a few minutes).
+        "train_wait": True,
     }
     settings |= SIM_ACCEL_CHECK
     return settings
