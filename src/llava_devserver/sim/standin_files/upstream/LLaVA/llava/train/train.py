@@ -436,6 +436,9 @@ def train() -> None:
         epochs = math.ceil(args.num_train_epochs)
     warmup = args.warmup_steps if args.warmup_steps > 0 else math.ceil(max_steps * args.warmup_ratio)
     save_steps = int(args.save_steps if args.save_steps >= 1 else math.ceil(max_steps * args.save_steps))
+    # Stand-in only: a pause after each step (seconds) so that tests can act on a running job at a known pace,
+    # however fast the machine (a tiny model steps in milliseconds). Set through the setting train_env.
+    step_pause = float(os.environ.get("LLAVA_SIM_STEP_PAUSE", "0") or 0)
     logging_steps = int(
         args.logging_steps if args.logging_steps >= 1 else math.ceil(max_steps * args.logging_steps)
     )
@@ -546,6 +549,8 @@ def train() -> None:
             epoch_float = epoch + (micro_step + 1) / (steps_per_epoch * accumulation)
             if bar is not None:
                 bar.update(1)
+            if step_pause:
+                time.sleep(step_pause)
             if global_step % logging_steps == 0 or global_step == max_steps:
                 logs = {
                     "loss": round(logged_loss / logged_steps, 4),
