@@ -14,20 +14,8 @@ import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ansible.errors import AnsibleFilterError
-
 from llava_devserver import accel_launch
-
-
-def _guard(function: Callable[..., Any]) -> Callable[..., Any]:
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return function(*args, **kwargs)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise AnsibleFilterError(f"{function.__name__}: {exc}") from exc
-
-    wrapped.__name__ = function.__name__
-    return wrapped
+from llava_devserver.ansible_support import filter_guard as _guard
 
 
 def llava_module_path(name: str) -> str:

@@ -20,20 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ansible.errors import AnsibleFilterError
-
 from llava_devserver import assets_plan
-
-
-def _guard(function: Callable[..., Any]) -> Callable[..., Any]:
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return function(*args, **kwargs)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise AnsibleFilterError(f"{function.__name__}: {exc}") from exc
-
-    wrapped.__name__ = function.__name__
-    return wrapped
+from llava_devserver.ansible_support import filter_guard as _guard
 
 
 def llava_assets_plan(
