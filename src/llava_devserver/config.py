@@ -28,6 +28,9 @@ from pydantic import (
     model_validator,
 )
 
+from llava_devserver import pathrules
+from llava_devserver.pathrules import STATE_DIR_NAME
+
 GROUP = "devservers"
 FLEET = "fleet"  # the "host" of errors that concern several hosts
 
@@ -37,23 +40,13 @@ GUIDE_IMAGE = (
 )
 LLAVA_TRAIN_COMMIT = "5d8f1760c08b7dfba3ae97b71cbd4c6f17d12dbd"
 CANN_SET_ENV = "/usr/local/Ascend/ascend-toolkit/set_env.sh"
-MA_USER_HOME = "/home/ma-user"
 DEFAULT_TRAIN_ENV: dict[str, str] = {
     "HCCL_CONNECT_TIMEOUT": "1200",
     "TASK_QUEUE_ENABLE": "1",
     "CPU_AFFINITY_CONF": "1",
 }
 
-# Mounting or chown-ing these would break the server (or, for /home/ma-user, the vendor image).
-SYSTEM_DIRS = frozenset(
-    {
-        "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/lost+found",
-        "/media", "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr",
-        "/usr/bin", "/usr/lib", "/usr/local", "/usr/sbin", "/var", "/var/lib", "/var/log", "/var/run",
-    }
-)  # fmt: skip
-# Nothing below these is ever a workspace.
-SYSTEM_TREES = ("/boot", "/dev", "/etc", "/proc", "/sys", "/bin", "/sbin", "/lib", "/lib64", "/run")
+# The deny lists of system directories (SYSTEM_DIRS, SYSTEM_TREES) and the path rules: pathrules.py.
 
 # Variables that belong to Ansible (or that we set ourselves) and are never user settings.
 ANSIBLE_PREFIXES = ("ansible_", "inventory_", "discovered_", "_")
@@ -66,22 +59,28 @@ ANSIBLE_NAMES = frozenset(
 )  # fmt: skip
 SUGGESTION_CUTOFF = 0.8  # difflib ratio: `container_imgae` -> container_image, `docker_name` is foreign
 
-_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+# Every pattern is used with fullmatch: `$` would also accept a trailing newline.
+_HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 # docker/distribution reference grammar: [domain[:port]/]path[:tag][@digest]
 _DOMAIN = (
     r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
 )
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _IMAGE_REF = re.compile(
-    rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?"
-    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+    rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
 )
-_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?) ?([kKmMgGtTpP]?)[iI]?[bB]?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_VERSION = re.compile(r"^[0-9][0-9A-Za-z.+-]*$")
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?) ?([kKmMgGtTpP]?)[iI]?[bB]?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_HUB_REPO = re.compile(
+    r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*"
+)  # assets.*.repo_id: `name` or `org/name`
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_VERSION = re.compile(r"[0-9][0-9A-Za-z.+-]*")
+_URL = re.compile(r"https?://[^\s/]+(?:/\S*)?")
+_PACKAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\.zip")
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -167,7 +166,7 @@ def check_address(value: str) -> str:
         pass
     name = value[:-1] if value.endswith(".") else value
     labels = name.split(".")
-    if not name or len(name) > 253 or not all(_HOSTNAME_LABEL.match(label) for label in labels):
+    if not name or len(name) > 253 or not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
         raise ValueError(f"{value!r} is neither an IP address nor a valid host name")
     if all(label.isdigit() for label in labels):
         raise ValueError(f"{value!r} is not a valid IP address")
@@ -175,27 +174,14 @@ def check_address(value: str) -> str:
 
 
 def check_workspace_path(value: str, *, container: bool) -> str:
-    """An absolute, normalized path: not `/`, not a system directory, in the container not /home/ma-user."""
-    if not value.startswith("/"):
-        raise ValueError(f"{value!r} must be an absolute path")
-    path = PurePosixPath(value)
-    if ".." in path.parts:
-        raise ValueError(f"{value!r} must not contain '..'")
-    text = str(path)
-    if text == "/":
-        raise ValueError("must not be / (the whole file system would be mounted and chown-ed)")
-    if text in SYSTEM_DIRS or any(text.startswith(tree + "/") for tree in SYSTEM_TREES):
-        raise ValueError(f"{text} is a system directory; use a directory of its own such as /data/llava")
-    if container and text == MA_USER_HOME:
-        raise ValueError(
-            f"must not be {MA_USER_HOME}: the guide forbids mounting onto ma-user's home (breaks the image)"
-        )
-    return text
+    """work_dir or container_work_dir, normalized: absolute, no `..`, no system directory (pathrules)."""
+    return pathrules.check_workspace_path(value, container=container)
 
 
 def check_control_file(value: str, *, what: str) -> str:
-    """A readable file on the control node (where validate and ansible-playbook run)."""
-    path = Path(os.path.expanduser(value))
+    """A readable file on the control node (where validate and ansible-playbook run), normalized."""
+    pathrules.check_path_text(value)
+    path = Path(pathrules.normalize(os.path.expanduser(value)))
     if not path.is_absolute():
         raise ValueError(f"{value!r} must be an absolute path on the control node")
     if not path.is_file():
@@ -205,17 +191,35 @@ def check_control_file(value: str, *, what: str) -> str:
     return str(path)
 
 
+def check_container_path(value: str, *, hub_allowed: bool) -> str:
+    """A launch-script path: a hub id (model, vision tower) as it is, else normalized, no `..`, no system
+    directory; relative ones (to the LLaVA tree) start with `./`."""
+    pathrules.check_path_text(value)
+    if hub_allowed and is_hub_id(value):
+        return value
+    path = pathrules.normalized_path(value)
+    if path.startswith("/"):
+        reason = pathrules.protected_reason(path, container=True)
+        if reason:
+            raise ValueError(f"{pathrules.shown(value, path)} {reason}")
+    return path
+
+
 def size_in_bytes(value: str) -> int:
-    match = _SIZE.match(value)
+    match = _SIZE.fullmatch(value)
     if not match:
         raise ValueError(f"{value!r} is not a Docker size such as 32g or 512m")
     scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
     return int(float(match.group(1)) * scale[match.group(2).lower()])
 
 
+def is_env_name(value: str) -> bool:
+    return bool(_ENV_NAME.fullmatch(value))
+
+
 def is_hub_id(value: str) -> bool:
     """`org/name` is a Hugging Face id; write `./org/name` for a directory relative to the LLaVA tree."""
-    return bool(_HUB_ID.match(value)) and not value.startswith(".")
+    return bool(_HUB_ID.fullmatch(value)) and not {".", ".."} & set(value.split("/"))
 
 
 # ------------------------------------------------------------------------------------------- the models
@@ -239,22 +243,52 @@ class AssetSource(BaseModel):
     revision: str = Field("main", description="Hugging Face revision (source hub).")
     repo_type: Literal["model", "dataset"] = Field("model", description="Hugging Face repository type.")
 
+    @field_validator("path")
+    @classmethod
+    def _path_text(cls, value: str | None) -> str | None:
+        return None if value is None else pathrules.check_path_text(value)
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo_id(cls, value: str | None) -> str | None:
+        if value is not None and (not _HUB_REPO.fullmatch(value) or ".." in value):
+            raise ValueError(f"repo_id {value!a} is not a Hugging Face repository such as org/name")
+        return value
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, value: str) -> str:
+        pathrules.check_name_text(value)
+        if not value or ".." in value:
+            raise ValueError(f"revision {value!r} is not a branch, tag or commit")
+        return value
+
     @model_validator(mode="after")
     def _source_needs(self) -> AssetSource:
         if self.source == "hub" and not self.repo_id:
             raise ValueError("source hub needs repo_id")
         if self.source in ("control", "server") and not self.path:
             raise ValueError(f"source {self.source} needs path")
-        if self.source == "server" and self.path and not self.path.startswith("/"):
-            raise ValueError(f"path {self.path!r} must be an absolute path on the server")
+        if self.source == "server" and self.path:
+            if not self.path.startswith("/"):
+                raise ValueError(f"path {self.path!r} must be an absolute path on the server")
+            path = pathrules.normalized_path(self.path)
+            reason = pathrules.protected_reason(path, container=False)
+            if reason:
+                raise ValueError(f"path {pathrules.shown(self.path, path)} {reason}")
+            object.__setattr__(self, "path", path)  # frozen model: the normalized path is what is used
         if self.source == "control" and self.path:
-            path = Path(os.path.expanduser(self.path))
-            if not path.is_absolute():
+            local = Path(pathrules.normalize(os.path.expanduser(self.path)))
+            if not local.is_absolute():
                 raise ValueError(f"path {self.path!r} must be an absolute path on the control node")
-            if not path.exists():
-                raise ValueError(f"path {path} does not exist on the control node")
-            if not os.access(path, os.R_OK):
-                raise ValueError(f"path {path} is not readable")
+            reason = pathrules.protected_reason(str(local), container=False)
+            if reason:
+                raise ValueError(f"path {pathrules.shown(self.path, str(local))} {reason}")
+            if not local.exists():
+                raise ValueError(f"path {local} does not exist on the control node")
+            if not os.access(local, os.R_OK):
+                raise ValueError(f"path {local} is not readable")
+            object.__setattr__(self, "path", str(local))
         return self
 
 
@@ -278,6 +312,8 @@ class Assets(BaseModel):
     )
 
 
+# The settings that may be a Hugging Face id instead of a path.
+HUB_SETTINGS = ("model_name_or_path", "vision_tower")
 # Which setting of the launch script each asset fills.
 ASSET_SETTING = {
     "llm": "model_name_or_path",
@@ -488,6 +524,14 @@ class Settings(BaseModel):
         json_schema_extra=_scope("fleet"),
     )
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_control_characters(cls, value: Any, info: ValidationInfo) -> Any:
+        """NUL, line breaks and other control characters go into no command, file name or script line."""
+        if isinstance(value, str) and info.field_name not in SECRET_SETTINGS:
+            pathrules.check_text(value)
+        return value
+
     @field_validator("ansible_host", mode="before")
     @classmethod
     def _address(cls, value: Any) -> Any:
@@ -503,7 +547,7 @@ class Settings(BaseModel):
     def _version(cls, value: Any) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = str(value)  # an unquoted 23.0 in YAML; 23.10 would already be 23.1, hence "quote it"
-        if isinstance(value, str) and not _VERSION.match(value):
+        if isinstance(value, str) and not _VERSION.fullmatch(value):
             raise ValueError(f"{value!r} is not a version such as 23.0.5")
         return value
 
@@ -520,16 +564,21 @@ class Settings(BaseModel):
     @field_validator("container_name")
     @classmethod
     def _container_name(cls, value: str) -> str:
-        if not _CONTAINER_NAME.match(value):
+        if not _CONTAINER_NAME.fullmatch(value):
             raise ValueError(f"{value!r} is not a Docker container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
         return value
 
     @field_validator("container_image")
     @classmethod
     def _image(cls, value: str) -> str:
-        if len(value) > 512 or not _IMAGE_REF.match(value):
+        if len(value) > 512 or not _IMAGE_REF.fullmatch(value):
             raise ValueError(f"{value!r} is not a Docker image reference such as registry/repo:tag")
         return value
+
+    @field_validator("container_registry_username")
+    @classmethod
+    def _username(cls, value: str | None) -> str | None:
+        return None if value is None else pathrules.check_name_text(value)
 
     @field_validator("container_shm_size")
     @classmethod
@@ -548,24 +597,36 @@ class Settings(BaseModel):
     def _package(cls, value: str) -> str:
         if not value.endswith(".zip"):
             raise ValueError(f"{value!r} must be the AscendCloud-*.zip package")
+        # Its name, less .zip, names the folder in work_dir that it is unpacked into.
+        name = PurePosixPath(pathrules.normalize(value)).name
+        if not _PACKAGE_NAME.fullmatch(name):
+            raise ValueError(
+                f"the file name {name!r} must be the package's own, such as AscendCloud-6.3.906-xxx.zip "
+                "(letters, digits, '.', '_', '+', '-'; starting with a letter or digit)"
+            )
         return check_control_file(value, what="AscendCloud package")
 
     @field_validator("llava_train_commit")
     @classmethod
     def _commit(cls, value: str) -> str:
-        if not _COMMIT.match(value):
+        if not _COMMIT.fullmatch(value):
             raise ValueError(f"{value!r} is not a full 40-character git commit id")
         return value
 
     @field_validator("data_path", "image_folder", "output_dir", "model_name_or_path", "vision_tower")
     @classmethod
-    def _container_path(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        if ".." in PurePosixPath(value).parts:
-            raise ValueError(f"{value!r} must not contain '..'")
-        if value.startswith("/") and str(PurePosixPath(value)) in SYSTEM_DIRS | {"/"}:
-            raise ValueError(f"{value!r} is a system directory")
+    def _container_path(cls, value: str, info: ValidationInfo) -> str:
+        return check_container_path(value, hub_allowed=info.field_name in HUB_SETTINGS)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_place(cls, value: str, info: ValidationInfo) -> str:
+        """Checkpoints go where no update of the package and no state of ours can reach them."""
+        layout = _layout(info.data)
+        if layout is not None:
+            problem = layout.problem(container_path(value, layout.llava_dir, hub_allowed=False), "output_dir")
+            if problem:
+                raise ValueError(problem.removeprefix("output_dir "))
         return value
 
     @field_validator("train_env", mode="before")
@@ -575,11 +636,15 @@ class Settings(BaseModel):
             return value
         env: dict[str, str] = {}
         for name, setting in value.items():
-            if not isinstance(name, str) or not _ENV_NAME.match(name):
-                raise ValueError(f"{name!r} is not an environment variable name")
+            if not isinstance(name, str) or not is_env_name(name):
+                raise ValueError(f"{name!a} is not an environment variable name")
             if isinstance(setting, Mapping | list | tuple) or setting is None:
                 raise ValueError(f"{name} must be a string or a number")
-            env[name] = str(setting).lower() if isinstance(setting, bool) else str(setting)
+            text = str(setting).lower() if isinstance(setting, bool) else str(setting)
+            problem = pathrules.text_problem(text)
+            if problem:  # it becomes one `export` line of the launch script
+                raise ValueError(f"{name}: the value {problem}")
+            env[name] = text
         return env
 
     @field_validator("max_steps")
@@ -592,7 +657,7 @@ class Settings(BaseModel):
     @field_validator("hf_endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+        if value is not None and not _URL.fullmatch(value):
             raise ValueError(f"{value!r} must be an http(s) URL")
         return value
 
@@ -624,20 +689,109 @@ class Settings(BaseModel):
                 )
         return value
 
+    @field_validator("assets")
+    @classmethod
+    def _asset_destinations(cls, value: Assets, info: ValidationInfo) -> Assets:
+        """What is fetched is put (rsync --delete) at a place of its own: strictly inside
+        container_work_dir, apart from the others, from output_dir, the package and our state."""
+        layout = _layout(info.data)
+        if layout is None:
+            return value
+        output = info.data.get("output_dir")
+        taken: dict[str, str] = {}
+        if isinstance(output, str):
+            taken["output_dir"] = container_path(output, layout.llava_dir, hub_allowed=False)
+        for asset, setting in ASSET_SETTING.items():
+            target = info.data.get(setting)
+            hub_allowed = setting in HUB_SETTINGS
+            if getattr(value, asset).source == "none" or not isinstance(target, str):
+                continue
+            if hub_allowed and is_hub_id(target):
+                continue  # _fetched_assets_need_paths says so
+            dest = container_path(target, layout.llava_dir, hub_allowed=hub_allowed)
+            problem = layout.problem(dest, setting)
+            if problem:
+                raise ValueError(f"{asset}: its destination {problem}")
+            for other, path in taken.items():
+                if pathrules.overlap(dest, path):
+                    how = "is" if dest == path else "is inside" if pathrules.inside(dest, path) else "holds"
+                    raise ValueError(
+                        f"{asset}: its destination {setting} {dest} {how} {other} {path}; fetching it "
+                        f"(rsync --delete) would delete what is there: give them separate paths"
+                    )
+            taken[setting] = dest
+        return value
+
     @property
     def devices(self) -> list[int]:
         return list(self.npu_devices) if self.npu_devices is not None else list(range(self.npu_count))
 
 
 def llava_dir(container_work_dir: str, commit: str) -> str:
-    return f"{container_work_dir}/multimodal_algorithm/LLAVA/llava-train/{commit}/LLaVA"
+    return f"{container_work_dir}/{pathrules.PACKAGE_TREE}/LLAVA/llava-train/{commit}/LLaVA"
 
 
 def container_path(value: str, base: str, *, hub_allowed: bool) -> str:
     """A launch-script path as the container sees it: hub ids kept, relative paths made absolute."""
     if (hub_allowed and is_hub_id(value)) or value.startswith("/"):
         return value
-    return str(PurePosixPath(base) / PurePosixPath(value.removeprefix("./")))
+    return pathrules.normalize(f"{base}/{value}")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """container_work_dir as the tool fills it, for the rules on where output and assets may go."""
+
+    container_work_dir: str
+    llava_dir: str
+    package: str | None  # the package's file name in work_dir
+
+    def problem(self, path: str, setting: str) -> str | None:
+        """Why `setting` (its container path `path`) is a place that the tool itself replaces, or None."""
+        base = self.container_work_dir
+        tree = f"{base}/{pathrules.PACKAGE_TREE}"
+        if not path.startswith("/"):
+            return None
+        if path == self.llava_dir or pathrules.inside(self.llava_dir, path):
+            how = (
+                "is the LLaVA tree itself"
+                if path == self.llava_dir
+                else f"holds the LLaVA tree {self.llava_dir}"
+            )
+            return (
+                f"{setting} {path} {how}; give it a path inside the tree (e.g. ./playground/...) or beside it"
+            )
+        if not pathrules.inside(path, base):
+            if setting == "output_dir":
+                return None  # a place of the container's own: allowed (not in work_dir, not kept on the host)
+            return (
+                f"{setting} {path} is not strictly inside container_work_dir {base}, the only server "
+                "directory the container sees; give the setting a path under it (or a relative one)"
+            )
+        reserved = {f"{base}/{STATE_DIR_NAME}": "llava-devserver's state folder"}
+        if self.package:
+            reserved[f"{base}/{self.package}"] = "the AscendCloud package"
+            reserved[f"{base}/{self.package.removesuffix('.zip')}"] = "the unpacked AscendCloud package"
+        for place, what in reserved.items():
+            if pathrules.overlap(path, place):
+                return f"{setting} {path} overlaps {place}, {what}; give the setting a path of its own"
+        if pathrules.overlap(path, tree) and not pathrules.inside(path, self.llava_dir):
+            return (
+                f"{setting} {path} is in the package's tree {tree}, which a new package replaces "
+                f"(only the LLaVA tree {self.llava_dir} is kept); put it inside the LLaVA tree or beside "
+                f"{tree}"
+            )
+        return None
+
+
+def _layout(data: Mapping[str, Any]) -> _Layout | None:
+    """The layout from the settings validated so far (None when one it needs is invalid)."""
+    base, commit = data.get("container_work_dir"), data.get("llava_train_commit")
+    if not isinstance(base, str) or not isinstance(commit, str):
+        return None
+    package = data.get("ascendcloud_package")
+    name = PurePosixPath(package).name if isinstance(package, str) else None
+    return _Layout(base, llava_dir(base, commit), name)
 
 
 class HostSettings(BaseModel):
@@ -791,8 +945,13 @@ def _pydantic_errors(host: str, exc: ValidationError, origins: Mapping[str, str]
     return errors
 
 
-def _host_input(host: str, variables: Mapping[str, Any]) -> tuple[dict[str, Any], list[ConfigError]]:
-    """Our settings out of a host's variables (only ours are read: foreign templates are never rendered)."""
+def _host_input(
+    host: str, variables: Mapping[str, Any], label: str | None = None
+) -> tuple[dict[str, Any], list[ConfigError]]:
+    """Our settings out of a host's variables (only ours are read: foreign templates are never rendered).
+
+    `label` names the host in errors when its name cannot be shown as it is."""
+    label = label or host
     values: dict[str, Any] = {}
     errors: list[ConfigError] = []
     for name in KNOWN_SETTINGS:
@@ -806,7 +965,7 @@ def _host_input(host: str, variables: Mapping[str, Any]) -> tuple[dict[str, Any]
             reason = "is vault-encrypted or templated and could not be resolved"
             if name not in SECRET_SETTINGS:
                 reason = f"could not be resolved: {value.reason}"
-            errors.append(ConfigError(host, name, reason))
+            errors.append(ConfigError(label, name, reason))
             continue
         values[name] = value
     values.setdefault("ansible_host", host)
@@ -829,14 +988,23 @@ def validate_fleet(
     addresses: dict[str, str] = {}
     for host, variables in raw.items():
         host_origins = origins.get(host, {})
-        errors.extend(unknown_setting_errors(host, variables.keys(), host_origins))
-        values, value_errors = _host_input(host, variables)
-        errors.extend(value_errors)
-        addresses[host] = values["ansible_host"]
+        label = host
         try:
-            parsed[host] = Settings.model_validate(values)
+            pathrules.check_host_name(host)
+        except ValueError as exc:  # the name goes into file names, script comments and messages
+            label = ascii(host)
+            errors.append(ConfigError(label, "inventory_hostname", str(exc)))
+        errors.extend(unknown_setting_errors(label, variables.keys(), host_origins))
+        values, value_errors = _host_input(host, variables, label)
+        errors.extend(value_errors)
+        addresses[label] = values["ansible_host"]
+        try:
+            settings = Settings.model_validate(values)
         except ValidationError as exc:
-            errors.extend(_pydantic_errors(host, exc, host_origins))
+            errors.extend(_pydantic_errors(label, exc, host_origins))
+        else:
+            if label == host:
+                parsed[host] = settings
     errors = _collapse_shared(errors, list(raw))
     errors.extend(_cross_host_errors(parsed, addresses))  # over what parsed, so all errors come at once
     if errors or len(parsed) < len(raw):

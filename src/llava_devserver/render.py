@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import shlex
 import sys
 from collections.abc import Mapping
@@ -20,7 +19,8 @@ from typing import Any
 
 import jinja2
 
-from llava_devserver.config import DEFAULT_TRAIN_ENV
+from llava_devserver import pathrules
+from llava_devserver.config import DEFAULT_TRAIN_ENV, is_env_name
 
 # Relative paths under `llava_dir` -> the template that renders each (Contract 2).
 JOB_FILES: dict[str, str] = {
@@ -61,7 +61,6 @@ REQUIRED_SETTINGS: dict[str, type | tuple[type, ...]] = {
 # Variables that choose the network card for multi-node traffic; without one, HCCL picks by itself.
 NIC_ENV_NAMES = ("HCCL_IF_IP", "HCCL_SOCKET_IFNAME")
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TEMPLATES_ENV_VAR = "LLAVA_DEVSERVER_TEMPLATES"
 
 
@@ -78,6 +77,13 @@ def shquote(value: Any) -> str:
     else:
         text = str(value)
     return shlex.quote(text)
+
+
+def shcomment(value: Any) -> str:
+    """A value for a `#` comment line: quoting does not help there (a quoted line break still ends the
+    comment), so every character that is not printable is written as its escape (`\\n`)."""
+    text = str(value)
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def template_dirs() -> list[Path]:
@@ -109,6 +115,7 @@ def _environment(search_path: tuple[str, ...]) -> jinja2.Environment:
         autoescape=False,  # shell and JSON, not HTML
     )
     env.filters["shquote"] = shquote
+    env.filters["shcomment"] = shcomment
     return env
 
 
@@ -130,6 +137,10 @@ def _type_names(expected: type | tuple[type, ...]) -> str:
 def _check_settings(settings: Mapping[str, Any]) -> str:
     """Fail early, naming host and setting, rather than deep inside a template."""
     host = str(settings.get("host", "<unknown host>"))
+    try:  # the host name goes into a comment of the script, and `render -o DIR` makes DIR/<host>
+        pathrules.check_host_name(host)
+    except ValueError as exc:
+        raise RenderError(f"{host!a}: host: {exc}") from exc
     missing = sorted(name for name in REQUIRED_SETTINGS if name not in settings)
     if missing:
         raise RenderError(f"{host}: missing setting(s) for the launch script: {', '.join(missing)}")
@@ -140,6 +151,10 @@ def _check_settings(settings: Mapping[str, Any]) -> str:
     launcher, nnodes, node_rank = settings["launcher"], settings["nnodes"], settings["node_rank"]
     if launcher not in LAUNCHERS:
         raise RenderError(f"{host}: launcher: must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+    if not all(isinstance(npu, int) and not isinstance(npu, bool) for npu in settings["npu_devices"]):
+        raise RenderError(
+            f"{host}: npu_devices: expected NPU ids (integers), got {settings['npu_devices']!r}"
+        )
     if settings["nproc_per_node"] < 1:
         raise RenderError(f"{host}: nproc_per_node: must be at least 1")
     if nnodes < 1:
@@ -147,10 +162,13 @@ def _check_settings(settings: Mapping[str, Any]) -> str:
     if not 0 <= node_rank < nnodes:
         raise RenderError(f"{host}: node_rank: {node_rank} is outside 0..{nnodes - 1}")
     for key, value in settings["train_env"].items():
-        if not isinstance(key, str) or not _ENV_NAME.match(key):
-            raise RenderError(f"{host}: train_env.{key}: not a valid environment variable name")
+        if not isinstance(key, str) or not is_env_name(key):
+            raise RenderError(f"{host}: train_env.{shcomment(key)}: not a valid environment variable name")
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise RenderError(f"{host}: train_env.{key}: expected a string or number, got {value!r}")
+        problem = pathrules.text_problem(str(value))
+        if problem:
+            raise RenderError(f"{host}: train_env.{key}: the value {problem}")
     return host
 
 

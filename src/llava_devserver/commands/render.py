@@ -7,11 +7,12 @@ from the same renderer the llava_pretrain role uses: what you read here is byte-
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from llava_devserver import config, inventory
+from llava_devserver import config, inventory, pathrules
 from llava_devserver.render import RenderError, render_job
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -56,15 +57,38 @@ def render_fleet(
 
 
 def write_host_files(out_dir: Path, host: str, files: dict[str, str]) -> list[Path]:
-    """DIR/<host>/<file name>; the script executable, as the role installs it."""
+    """DIR/<host>/<file name>; the script executable, as the role installs it.
+
+    Never writes outside DIR, whatever the host name (validation refuses `..` and `/` already; this is
+    the second guard): the name must be one plain path component, DIR/<host> a real directory (not a
+    symlink), and each file is opened without following a symlink. Raises RenderError otherwise.
+    """
+    try:
+        pathrules.check_host_name(host)
+    except ValueError as exc:
+        raise RenderError(f"{host!a}: not written: {exc}") from exc
+    if host in ("", ".", "..") or "/" in host:  # check_host_name's promise, kept here as well
+        raise RenderError(f"{host!a}: not written: the host name is no plain file name")
+    out_dir.mkdir(parents=True, exist_ok=True)
     host_dir = out_dir / host
-    host_dir.mkdir(parents=True, exist_ok=True)
+    if not host_dir.is_symlink():
+        host_dir.mkdir(exist_ok=True)
+    if host_dir.is_symlink() or not host_dir.is_dir() or host_dir.resolve().parent != out_dir.resolve():
+        raise RenderError(f"{host}: not written: {host_dir} is not a directory of its own inside {out_dir}")
     written = []
     for relpath, content in files.items():
         path = host_dir / PurePosixPath(relpath).name
-        path.write_text(content, encoding="utf-8")
-        if path.suffix == ".sh":
-            path.chmod(0o755)
+        mode = 0o755 if path.suffix == ".sh" else 0o644
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+        try:
+            fd = os.open(path, flags, mode)
+        except OSError as exc:
+            if path.is_symlink():
+                raise RenderError(f"{host}: not written: {path} is a symlink") from exc
+            raise
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(content)
+            os.fchmod(handle.fileno(), mode)
         written.append(path)
     return written
 
@@ -95,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
         for host, files in rendered.items():
             for path in write_host_files(args.output, host, files):
                 print(path)
+    except RenderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:
         print(f"error: {exc.filename}: cannot write: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
