@@ -369,7 +369,8 @@ class Settings(BaseModel):
     # --- the container
     work_dir: str = Field(
         "/data/llava-devserver",
-        description="Directory on the server mounted into the container (the guide's work_dir).",
+        description="Directory on the server mounted into the container (the guide's work_dir); never a "
+        "system directory (/, /etc, /usr/local/Ascend, /var/lib/docker, /root, ...; //etc is /etc).",
         json_schema_extra=_scope("fleet"),
     )
     container_work_dir: str = Field(
@@ -441,7 +442,8 @@ class Settings(BaseModel):
     )
     output_dir: str = Field(
         "./checkpoints/llava-v1.5-13b-pretrain",
-        description="Where mm_projector.bin is saved (container path; relative: to the LLaVA tree).",
+        description="Where mm_projector.bin is saved (container path; relative: to the LLaVA tree); not "
+        "the LLaVA tree itself, the rest of the package's tree or the state folder.",
         json_schema_extra=_scope("fleet"),
     )
     per_device_train_batch_size: PositiveInt = Field(
@@ -520,7 +522,9 @@ class Settings(BaseModel):
     assets: Assets = Field(
         default_factory=Assets,
         description="Where llm, vision_tower, pretrain_json and images come from: each "
-        "{source: control|server|hub|none, path, repo_id, revision, repo_type}.",
+        "{source: control|server|hub|none, path, repo_id, revision, repo_type}. A fetched asset's setting "
+        "(e.g. image_folder) must lie strictly inside container_work_dir, apart from the other assets and "
+        "output_dir.",
         json_schema_extra=_scope("fleet"),
     )
 
