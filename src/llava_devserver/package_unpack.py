@@ -172,6 +172,10 @@ def sync(
 ) -> list[str]:
     """Sync each top-level directory from staging into work_dir; the names synced, or UnpackError."""
     argvs = []
+    real_work = os.path.realpath(work_dir)
+    real_staging = os.path.realpath(staging)
+    if not real_staging.startswith(real_work + "/"):  # the container can write work_dir: no symlink out
+        raise UnpackError(f"refusing to sync from {staging}: it leads outside work_dir (to {real_staging})")
     for name in names:
         argv = sync_argv(staging, work_dir, name, keep)
         source = os.lstat(os.path.join(staging, name))

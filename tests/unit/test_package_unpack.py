@@ -183,8 +183,8 @@ def test_an_inner_zip_with_a_dot_slash_root_member_is_refused_and_deletes_nothin
     assert code == 1
     assert out["error"].startswith(f"{label}: the member './' is the zip's root itself")
     # and the sync step itself refuses the root, whatever it is given
-    staging = tmp_path / "staging"
-    staging.mkdir()
+    staging = work / "AscendCloud-6.3.906-1" / ".inner"  # where the role unpacks it
+    staging.mkdir(parents=True)
     code, out = run_main(capsys, "sync", "--staging", str(staging), "--work-dir", str(work), "--", ".")
     assert code == 1 and "not one plain directory name" in out["error"]
     assert_untouched(files)
@@ -220,7 +220,7 @@ def test_dot_slash_members_are_synced_into_their_own_directory_only(
     )
     assert code == 0, out
     assert out == {"directories": ["multimodal_algorithm"], "files": ["version.info"], "inner": None}
-    staging = tmp_path / "staging"
+    staging = work / "AscendCloud-6.3.906-1" / ".inner"  # where the role unpacks it
     with zipfile.ZipFile(inner) as archive:  # what unzip does with these names
         archive.extractall(staging)
     code, out = run_main(
@@ -244,7 +244,7 @@ def test_a_symlinked_destination_is_refused_before_anything_is_synced(
     victim.mkdir()
     (victim / "precious").write_bytes(b"keep me")
     (work / "tools").symlink_to(victim)
-    staging = tmp_path / "staging"
+    staging = work / "AscendCloud-6.3.906-1" / ".inner"  # where the role unpacks it
     for top in ("multimodal_algorithm", "tools"):
         (staging / top).mkdir(parents=True)
     code, out = run_main(
@@ -261,6 +261,20 @@ def test_a_symlinked_destination_is_refused_before_anything_is_synced(
     assert code == 1 and "it is a symlink" in out["error"]
     assert (victim / "precious").read_bytes() == b"keep me"
     assert_untouched(files)  # the check comes first: multimodal_algorithm was not synced either
+
+
+def test_a_staging_folder_that_leads_out_of_work_dir_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    work, files = workspace(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "multimodal_algorithm").mkdir(parents=True)
+    (work / "pkg").symlink_to(elsewhere)  # the container replaced the unpacked package's folder
+    code, out = run_main(
+        capsys, "sync", "--staging", str(work / "pkg"), "--work-dir", str(work), "--", "multimodal_algorithm"
+    )
+    assert code == 1 and "it leads outside work_dir" in out["error"]
+    assert_untouched(files)
 
 
 def test_an_unreadable_zip_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -115,7 +115,7 @@ def _expression(node: jinja2.nodes.Node) -> str:
 
 def test_every_value_the_script_prints_is_quoted_or_typed() -> None:
     env = render.environment()
-    source = env.loader.get_source(env, "pretrain_new.sh.j2")[0]  # type: ignore[union-attr]
+    source = env.loader.get_source(env, "pretrain_new.sh.j2")[0]
     unsafe = []
     for output in env.parse(source).find_all(jinja2.nodes.Output):
         for node in output.nodes:
