@@ -29,7 +29,7 @@ import yaml
 
 pytestmark = pytest.mark.fleet
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FLEET = f"acc-{os.getpid()}"
 CONTAINER = "llava-pretrain"
 HOSTS = ("devserver-1", "devserver-2", "devserver-3")

@@ -35,7 +35,7 @@ from llava_devserver import trainlog
 
 pytestmark = pytest.mark.fleet
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FLEET = f"train-{os.getpid()}"
 CONTAINER = "llava-pretrain"
 WORK_DIR = "/data/llava-devserver"
