@@ -258,21 +258,21 @@ class Fleet:
         else:
             path.write_text(yaml.safe_dump(dict(values), sort_keys=False))
 
-    def subset(self, hosts: Sequence[str], name: str) -> Path:
-        """An inventory copy whose group holds only `hosts` (e.g. the fleet seen as one server)."""
+    def subset(self, hosts: Sequence[str], name: str, **settings: Any) -> Path:
+        """An inventory of the same servers whose group holds only `hosts` (e.g. the fleet seen as one
+        server), with the fleet's settings and `settings` over them; returns its devserver.ini."""
         target = self.dir / f"subset-{name}"
-        target.mkdir(exist_ok=True)
-        for folder in ("group_vars", "host_vars"):
-            source = self.dir / folder
-            link = target / folder
-            if source.is_dir() and not link.exists():
-                link.symlink_to(source)
-        lines = []
-        for line in self.inventory.read_text().splitlines():
-            first = line.split(" ", 1)[0]
-            if first in self.hosts and first not in hosts:
-                continue
-            lines.append(line)
+        (target / "group_vars").mkdir(parents=True, exist_ok=True)
+        (target / "group_vars" / "all.yml").write_text(
+            yaml.safe_dump(self.group_vars() | settings, sort_keys=False)
+        )
+        if (self.dir / "host_vars").is_dir() and not (target / "host_vars").exists():
+            (target / "host_vars").symlink_to(self.dir / "host_vars")
+        lines = [
+            line
+            for line in self.inventory.read_text().splitlines()
+            if not (line.split(" ", 1)[0] in self.hosts and line.split(" ", 1)[0] not in hosts)
+        ]
         (target / "devserver.ini").write_text("\n".join(lines) + "\n")
         return target / "devserver.ini"
 
