@@ -4,7 +4,7 @@ One fleet for the module (2 cores); the tests run in file order, each building o
 left:
 
 0. (fixture) validate + host + container: the training container runs on every server (a small stand-in
-   of the training image, see tests/workspace_support.py).
+   of the training image, see harness.small_training_image).
 1. From empty servers to a built workspace with verified assets: the package unpacked and built once as
    ma-user, playground/data/LLaVA-Pretrain, ownership, a manifest on every server whose fingerprints equal
    the control node's sources; the control node sent each asset once (to the seed), the seed the others.
