@@ -11,7 +11,7 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -52,16 +52,19 @@ def build_lock(name: str) -> Iterator[None]:
 
 
 def build_context(
-    dockerfile: str, files: Mapping[str, bytes], extra: Mapping[str, Path] | None = None
+    dockerfile: str,
+    files: Mapping[str, bytes],
+    extra: Mapping[str, Path] | None = None,
+    executable: Callable[[str], bool] = lambda _name: True,
 ) -> io.BytesIO:
-    """A tar build context: the Dockerfile, in-memory files (executable when *.sh or mode-less scripts) and
-    files from disk (`extra`: name in the context -> path)."""
+    """A tar build context: the Dockerfile, in-memory files (mode 0755 where `executable(name)`, else 0644)
+    and files from disk (`extra`: name in the context -> path)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name, data in {"Dockerfile": dockerfile.encode(), **files}.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
-            info.mode = 0o644 if name == "Dockerfile" else 0o755
+            info.mode = 0o755 if name != "Dockerfile" and executable(name) else 0o644
             tar.addfile(info, io.BytesIO(data))
         for name, path in (extra or {}).items():
             tar.add(str(path), arcname=name)
