@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from llava_devserver.npu_devices import parse_device_ids
+
 GROUP = "devservers"
 FLEET = "fleet"  # the "host" of errors that concern several hosts
 
@@ -120,43 +122,6 @@ class UnresolvedValue:
 
 
 # ------------------------------------------------------------------------------------------ value rules
-
-
-def parse_device_list(value: Any) -> list[int]:
-    """`0-7`, `0,1,2,3`, `0-3,6`, 5, or a list of ids -> the list of ids, in the given order."""
-    if isinstance(value, bool):
-        raise ValueError("must be NPU ids such as 0-7, 0,1,2,3 or a list")
-    if isinstance(value, int):
-        return [value]
-    items: Iterable[Any]
-    if isinstance(value, str):
-        items = [part.strip() for part in value.split(",")] if value.strip() else []
-    elif isinstance(value, list | tuple):
-        items = value
-    else:
-        raise ValueError("must be NPU ids such as 0-7, 0,1,2,3 or a list")
-    devices: list[int] = []
-    for item in items:
-        if isinstance(item, int) and not isinstance(item, bool):
-            devices.append(item)
-            continue
-        text = str(item).strip()
-        match = re.fullmatch(r"(\d+)\s*-\s*(\d+)", text)
-        if match:
-            first, last = int(match.group(1)), int(match.group(2))
-            if first > last:
-                raise ValueError(f"range {text!r} runs backwards")
-            devices.extend(range(first, last + 1))
-        elif text.isdigit():
-            devices.append(int(text))
-        else:
-            raise ValueError(f"{text!r} is not an NPU id or a range such as 0-7")
-    if not devices:
-        raise ValueError("must name at least one NPU")
-    duplicates = sorted({d for d in devices if devices.count(d) > 1})
-    if duplicates:
-        raise ValueError(f"lists NPU {', '.join(map(str, duplicates))} more than once")
-    return devices
 
 
 def check_address(value: str) -> str:
@@ -496,7 +461,7 @@ class Settings(BaseModel):
     @field_validator("npu_devices", mode="before")
     @classmethod
     def _devices(cls, value: Any) -> Any:
-        return None if value is None else parse_device_list(value)
+        return None if value is None else parse_device_ids(value)
 
     @field_validator("npu_driver_version", mode="before")
     @classmethod
