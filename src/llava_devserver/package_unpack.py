@@ -3,16 +3,17 @@
 Standalone on purpose: Python 3 standard library only (3.7+), so the role llava_workspace copies this file
 to each server (ansible.builtin.script) and runs it there as root with the server's `python3`:
 
-    python3 package_unpack.py plan --zip Z --label NAME [--inner-pattern RE] [--reserve NAME ...]
-                                   [--protect JSON] [--keep PATTERN ...]
-    python3 package_unpack.py sync --staging S --work-dir W [--keep PATTERN ...] DIR [DIR ...]
+    python3 package_unpack.py plan --zip Z --label NAME [--inner-pattern RE] [--state-dir-name NAME]
+                                   [--reserve NAME ...] [--protect JSON] [--keep PATTERN ...]
+    python3 package_unpack.py sync --staging S --work-dir W [--state-dir-name NAME] [--keep PATTERN ...]
+                                   DIR [DIR ...]
 
 `plan` reads the zip's member names (nothing is extracted) and prints ONE JSON object: `directories` (the
 top-level directories, the only things that are synced), `files` (top-level files: left in staging),
 `inner` (with --inner-pattern: the member that is the inner zip, or null), or exits 1 with
 `{"error": "..."}` naming the zip. A member is normalized (`./a//b` is `a/b`); an absolute member, one with
 a `..` component, one that is the zip's root itself (`./`, `.`) or has a control character is refused, as is
-a top-level directory that is reserved (our state folder `.llava-devserver`, the package's own names) or
+a top-level directory that is reserved (our state folder, --state-dir-name; the package's own names) or
 whose sync would delete a protected path (output_dir, an asset) that no --keep pattern covers.
 
 `sync` runs `rsync -a --delete` from STAGING/DIR/ to WORK_DIR/DIR/ for each DIR: a DIR is one plain name,
@@ -33,8 +34,6 @@ import unicodedata
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-
-STATE_DIR = ".llava-devserver"  # work_dir's state folder (jobstate.STATE_DIR): never synced into
 
 
 class UnpackError(Exception):
@@ -101,10 +100,12 @@ def plan(
     reserved: Sequence[str] = (),
     protected: Mapping[str, str] | None = None,
     keep: Sequence[str] = (),
+    state_dir_name: str | None = None,
 ) -> dict[str, Any]:
     """The top-level directories to sync (and files not synced), or UnpackError.
 
-    `reserved`: top-level names that must not come from the package (besides our state folder);
+    `reserved`: top-level names that must not come from the package (besides `state_dir_name`, our
+    state folder in work_dir);
     `protected`: what -> path relative to work_dir that a sync must not delete; `keep`: rsync exclude
     patterns relative to a top-level directory (what the sync leaves alone).
     """
@@ -125,8 +126,10 @@ def plan(
     if both:
         raise UnpackError(f"{label}: {both[0]!r} is both a file and a directory in the zip")
     for name in sorted(directories):
-        if name == STATE_DIR or name in reserved:
-            what = "llava-devserver's state folder" if name == STATE_DIR else "a name of the package itself"
+        if name == state_dir_name or name in reserved:
+            what = (
+                "llava-devserver's state folder" if name == state_dir_name else "a name of the package itself"
+            )
             raise UnpackError(
                 f"{label}: its top-level directory {name!r} would replace work_dir/{name} ({what}); this is "
                 "not an AscendCloud-AIGC package"
@@ -148,14 +151,15 @@ def plan(
 
 
 def _plain_name(name: str) -> bool:
-    return (
-        bool(name) and name not in (".", "..", STATE_DIR) and "/" not in name and not _control_problem(name)
-    )
+    return bool(name) and name not in (".", "..") and "/" not in name and not _control_problem(name)
 
 
-def sync_argv(staging: str, work_dir: str, name: str, keep: Sequence[str] = ()) -> list[str]:
-    """`rsync -a --delete STAGING/NAME/ WORK_DIR/NAME/`: NAME one plain name, so never work_dir itself."""
-    if not _plain_name(name):
+def sync_argv(
+    staging: str, work_dir: str, name: str, keep: Sequence[str] = (), state_dir_name: str | None = None
+) -> list[str]:
+    """`rsync -a --delete STAGING/NAME/ WORK_DIR/NAME/`: NAME one plain name, so never work_dir itself
+    (nor our state folder)."""
+    if not _plain_name(name) or name == state_dir_name:
         raise UnpackError(f"refusing to sync {name!a}: not one plain directory name")
     excludes = ["--exclude=" + pattern for pattern in keep]
     source = os.path.join(staging, name) + "/"
@@ -169,6 +173,7 @@ def sync(
     names: Sequence[str],
     keep: Sequence[str] = (),
     run: Callable[..., Any] = subprocess.run,
+    state_dir_name: str | None = None,
 ) -> list[str]:
     """Sync each top-level directory from staging into work_dir; the names synced, or UnpackError."""
     argvs = []
@@ -177,7 +182,7 @@ def sync(
     if not real_staging.startswith(real_work + "/"):  # the container can write work_dir: no symlink out
         raise UnpackError(f"refusing to sync from {staging}: it leads outside work_dir (to {real_staging})")
     for name in names:
-        argv = sync_argv(staging, work_dir, name, keep)
+        argv = sync_argv(staging, work_dir, name, keep, state_dir_name)
         source = os.lstat(os.path.join(staging, name))
         if not stat.S_ISDIR(source.st_mode):
             raise UnpackError(f"refusing to sync {name!r}: the package's {name!r} is not a directory")
@@ -233,12 +238,14 @@ def _parser() -> argparse.ArgumentParser:
     plan_p.add_argument("--zip", required=True)
     plan_p.add_argument("--label", required=True)
     plan_p.add_argument("--inner-pattern")
+    plan_p.add_argument("--state-dir-name")
     plan_p.add_argument("--reserve", action="append", default=[])
     plan_p.add_argument("--protect", default="{}")
     plan_p.add_argument("--keep", action="append", default=[])
     sync_p = sub.add_parser("sync")
     sync_p.add_argument("--staging", required=True)
     sync_p.add_argument("--work-dir", required=True)
+    sync_p.add_argument("--state-dir-name")
     sync_p.add_argument("--keep", action="append", default=[])
     sync_p.add_argument("names", nargs="+")
     return parser
@@ -250,9 +257,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "plan":
             names = read_members(args.zip, args.label)
             protected = json.loads(args.protect)
-            result = plan(args.label, names, args.inner_pattern, args.reserve, protected, args.keep)
+            result = plan(
+                args.label, names, args.inner_pattern, args.reserve, protected, args.keep, args.state_dir_name
+            )
         elif args.command == "sync":
-            result = {"synced": sync(args.staging, args.work_dir, args.names, args.keep)}
+            synced = sync(
+                args.staging, args.work_dir, args.names, args.keep, state_dir_name=args.state_dir_name
+            )
+            result = {"synced": synced}
         else:
             _parser().print_usage(sys.stderr)
             return 2

@@ -16,8 +16,6 @@ import unicodedata
 
 from llava_devserver.container_spec import driver_mounts
 
-MA_USER_HOME = "/home/ma-user"
-STATE_DIR_NAME = ".llava-devserver"  # work_dir's state folder (jobstate.STATE_DIR, assets_plan.MANIFEST)
 PACKAGE_TREE = "multimodal_algorithm"  # the AIGC zip's top directory that holds llava-train (the guide)
 
 # Directories that may hold a workspace below them but are never one themselves.
@@ -116,17 +114,18 @@ def overlap(a: str, b: str) -> bool:
     return a == b or inside(a, b) or inside(b, a)
 
 
-def protected_reason(path: str, *, container: bool) -> str | None:
+def protected_reason(
+    path: str, *, container: bool, home: str | None = None, user: str | None = None
+) -> str | None:
     """Why a normalized absolute path may not be a workspace (mounted, written, chown-ed), or None.
 
-    The clause follows the path in a sentence: "/etc is a system directory".
+    `home`: in the container, the home of the image's `user`, which must not be mounted over. The clause
+    follows the path in a sentence: "/etc is a system directory".
     """
     if path == "/":
         return "must not be / (the whole file system would be mounted and chown-ed)"
-    if container and path == MA_USER_HOME:
-        return (
-            f"must not be {MA_USER_HOME}: the guide forbids mounting onto ma-user's home (breaks the image)"
-        )
+    if container and home is not None and path == home:
+        return f"must not be {home}: the guide forbids mounting onto {user}'s home (breaks the image)"
     mounts = CONTAINER_MOUNT_TARGETS if container else HOST_MOUNT_SOURCES
     trees = [(tree, "a system directory") for tree in SYSTEM_TREES] + [
         (mount, "a system directory (the guide mounts it into the container for the NPU driver)")
@@ -143,16 +142,18 @@ def protected_reason(path: str, *, container: bool) -> str | None:
     return None
 
 
-def check_workspace_path(value: str, *, container: bool) -> str:
-    """work_dir (host) or container_work_dir: absolute, normalized, no `..`, nowhere near the system."""
+def check_workspace_path(value: str, *, home: str | None = None, user: str | None = None) -> str:
+    """work_dir (host), or with `home` (of the image's `user`) container_work_dir: absolute, normalized,
+    no `..`, nowhere near the system."""
+    container = home is not None
     if not value.startswith("/"):
         raise ValueError(f"{value!r} must be an absolute path")
     path = normalized_path(value)
-    reason = protected_reason(path, container=container)
+    reason = protected_reason(path, container=container, home=home, user=user)
     if reason and reason.startswith("must not be"):
         raise ValueError(reason if value == path else f"{value!r} (that is {path}) {reason}")
     if reason:
-        example = "/home/ma-user/ws" if container else "/data/llava"
+        example = f"{home}/ws" if container else "/data/llava"
         raise ValueError(f"{shown(value, path)} {reason}; use a directory of its own such as {example}")
     return path
 

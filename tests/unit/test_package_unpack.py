@@ -18,12 +18,14 @@ from typing import Any
 import pytest
 
 from llava_devserver import package_unpack
+from llava_devserver.config import STATE_DIR_NAME
 from llava_devserver.package_unpack import UnpackError, normalize_member, plan, protected_paths, sync_argv
 
 COMMIT = "5d8f1760c08b7dfba3ae97b71cbd4c6f17d12dbd"
 TREE = f"multimodal_algorithm/LLAVA/llava-train/{COMMIT}"
 KEEP = ["/LLAVA/llava-train/*/LLaVA/"]
 INNER = "AscendCloud-AIGC-6.3.906-20240618000000.zip"
+STATE = STATE_DIR_NAME
 needs_rsync = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is not installed")
 
 
@@ -39,7 +41,7 @@ def workspace(tmp_path: Path) -> tuple[Path, dict[Path, bytes]]:
     """A work_dir in the middle of a job: state folder, the LLaVA tree with checkpoints, the package tree."""
     work = tmp_path / "work"
     files = {
-        work / ".llava-devserver/job.json": b'{"state": "running"}',
+        work / STATE / "job.json": b'{"state": "running"}',
         work / f"{TREE}/LLaVA/checkpoints/llava/checkpoint-10/model.bin": b"weights",
         work / f"{TREE}/LLaVA/llava/train/train_mem.py": b"built by build.sh",
         work / "sim-assets/images/0.jpg": b"jpeg",
@@ -115,12 +117,17 @@ def test_the_inner_zip_is_found_by_a_full_match() -> None:
     assert plan("outer.zip", ["version.info"], r"AscendCloud-AIGC-.*\.zip")["inner"] is None
 
 
-@pytest.mark.parametrize("top", [".llava-devserver", "AscendCloud-6.3.906-1"])
-def test_reserved_top_level_directories_are_refused(top: str) -> None:
-    with pytest.raises(
-        UnpackError, match=rf"{INNER}: its top-level directory '{top}' would replace work_dir/"
-    ):
-        plan(INNER, [f"{top}/job.json"], reserved=["AscendCloud-6.3.906-1", "AscendCloud-6.3.906-1.zip"])
+@pytest.mark.parametrize(
+    ("top", "what"),
+    [(STATE, "llava-devserver's state folder"), ("AscendCloud-6.3.906-1", "the package itself")],
+)
+def test_reserved_top_level_directories_are_refused(top: str, what: str) -> None:
+    with pytest.raises(UnpackError) as info:
+        plan(INNER, [f"{top}/job.json"], reserved=["AscendCloud-6.3.906-1"], state_dir_name=STATE)
+    assert str(info.value).startswith(
+        f"{INNER}: its top-level directory '{top}' would replace work_dir/{top}"
+    )
+    assert what in str(info.value)
 
 
 def test_a_sync_that_would_delete_a_protected_path_is_refused() -> None:
@@ -151,10 +158,10 @@ def test_protected_paths_from_the_llava_dict() -> None:
     }
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "a/b", ".llava-devserver", "x\n"])
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", STATE, "x\n"])
 def test_sync_never_aims_at_work_dir_itself(name: str) -> None:
     with pytest.raises(UnpackError, match="not one plain directory name"):
-        sync_argv("/w/pkg/.inner", "/w", name, KEEP)
+        sync_argv("/w/pkg/.inner", "/w", name, KEEP, state_dir_name=STATE)
 
 
 def test_sync_argv() -> None:
