@@ -39,7 +39,7 @@ INDEX_LABEL = "llava-devserver.sim.index"
 FAULTS_LABEL = "llava-devserver.sim.faults"
 DEFAULT_DRIVER = "23.0.5"
 SSH_TIMEOUT_S = 60
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
 
 Log = Callable[[str], None]
 
@@ -73,7 +73,7 @@ def volume_name(fleet: str, index: int) -> str:
 
 
 def check_fleet_name(fleet: str) -> str:
-    if not _NAME.match(fleet):
+    if not _NAME.fullmatch(fleet):
         raise FleetError(f"fleet name {fleet!r}: use 1-31 lowercase letters, digits and dashes")
     return fleet
 
