@@ -1,10 +1,15 @@
 """Filter `npu_check_bound_problems`: NPUs of this host that another running container already holds.
 
-Input: the text of `docker ps -q | xargs -r docker inspect` (a JSON array; empty text when no container
-runs or Docker is absent). A container holds NPU N when it was started with `--device=/dev/davinciN`
-(HostConfig.Devices) or, under the Ascend Docker runtime, with `ASCEND_VISIBLE_DEVICES` naming N
-(`0-3,5` style). The host's own training container (`own_container`) is left out: rerunning the play
-must not trip over the container it started before.
+Input: what the role's `docker inspect --format` prints, one JSON object per running container with only the
+fields this check reads (`name`, `running`, `devices`: the PathOnHost of each --device, `visible`: the
+`ASCEND_VISIBLE_DEVICES=...` entry of its environment or null). The reduction happens on the server, so the
+rest of other tenants' containers (their environment, with whatever secrets it holds) never reaches the
+control node or the run's events. A JSON array of full `docker inspect` entries is read too (reduced first).
+Empty text: no container runs or Docker is absent.
+
+A container holds NPU N when it was started with `--device=/dev/davinciN` or, under the Ascend Docker
+runtime, with `ASCEND_VISIBLE_DEVICES` naming N (`0-3,5` style). The host's own training container
+(`own_container`) is left out: rerunning the play must not trip over the container it started before.
 """
 
 from __future__ import annotations
@@ -32,20 +37,49 @@ def _visible_devices(value: str) -> set[int]:
     return ids
 
 
-def held_npus(container: Mapping[str, Any]) -> dict[int, str]:
-    """{NPU id: how the container holds it} for one `docker inspect` entry."""
-    held: dict[int, str] = {}
-    devices = (container.get("HostConfig") or {}).get("Devices") or []
-    for device in devices:
-        match = _DAVINCI.match(str(device.get("PathOnHost", "")))
-        if match:
-            held[int(match.group(1))] = f"--device={device['PathOnHost']}"
+def reduce_inspect(container: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields this check reads, from one full `docker inspect` entry (the shape of the role's format)."""
+    visible = None
     for entry in (container.get("Config") or {}).get("Env") or []:
-        name, _, value = str(entry).partition("=")
-        if name == "ASCEND_VISIBLE_DEVICES":
-            for npu in _visible_devices(value):
-                held.setdefault(npu, f"ASCEND_VISIBLE_DEVICES={value}")
+        if str(entry).partition("=")[0] == "ASCEND_VISIBLE_DEVICES":
+            visible = str(entry)
+    return {
+        "name": str(container.get("Name", "")).lstrip("/") or str(container.get("Id", ""))[:12],
+        "running": (container.get("State") or {}).get("Running", True),
+        "devices": [
+            str(d.get("PathOnHost", "")) for d in (container.get("HostConfig") or {}).get("Devices") or []
+        ],
+        "visible": visible,
+    }
+
+
+def held_npus(container: Mapping[str, Any]) -> dict[int, str]:
+    """{NPU id: how the container holds it} for one reduced entry."""
+    held: dict[int, str] = {}
+    for device in container.get("devices") or []:
+        match = _DAVINCI.match(str(device))
+        if match:
+            held[int(match.group(1))] = f"--device={device}"
+    visible = container.get("visible")
+    if visible:
+        value = str(visible).partition("=")[2]
+        for npu in _visible_devices(value):
+            held.setdefault(npu, f"ASCEND_VISIBLE_DEVICES={value}")
     return held
+
+
+def parse_containers(text: str) -> list[dict[str, Any]]:
+    """Reduced entries from the role's output, one object a line (or a JSON array of full inspect entries)."""
+    if text.startswith("["):
+        return [reduce_inspect(entry) for entry in json.loads(text)]
+    entries = []
+    for line in text.splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            if not isinstance(entry, dict):
+                raise ValueError(f"not an object: {line[:80]}")
+            entries.append(entry)
+    return entries
 
 
 def npu_check_bound_problems(
@@ -56,7 +90,7 @@ def npu_check_bound_problems(
     if not text:
         return []
     try:
-        containers = json.loads(text)
+        containers = parse_containers(text)
     except ValueError as exc:
         raise AnsibleFilterError(
             f"npu_check_bound_problems: docker inspect output is not JSON: {exc}"
@@ -64,10 +98,10 @@ def npu_check_bound_problems(
     wanted = {int(npu) for npu in npu_devices}
     problems: list[str] = []
     for container in containers:
-        name = str(container.get("Name", "")).lstrip("/") or str(container.get("Id", ""))[:12]
+        name = str(container.get("name") or "").lstrip("/")
         if own_container and name == own_container:
             continue
-        if not (container.get("State") or {}).get("Running", True):
+        if not container.get("running", True):
             continue
         for npu, how in sorted(held_npus(container).items()):
             if npu in wanted:
