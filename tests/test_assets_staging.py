@@ -252,7 +252,7 @@ def test_hub_command_and_environment() -> None:
         )
     )
     llm, data = plan["assets"]
-    helper = "/data/llava-devserver/.llava-devserver/bin"
+    helper = "/usr/local/lib/llava-devserver"
     assert ap.hub_command(llm, helper) == [
         "python3", f"{helper}/assets_manifest.py", "hub-download", "--repo-id", "lmsys/vicuna-13b-v1.5",
         "--revision", "r1", "--repo-type", "model", "--dest", "/data/llava-devserver/sim-assets/llm",

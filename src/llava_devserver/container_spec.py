@@ -135,31 +135,63 @@ def _id_list(value: str) -> set[int]:
     return ids
 
 
-def held_npus(container: Mapping[str, Any]) -> dict[int, str]:
-    """{NPU id: how} for one `docker inspect` entry: --device=/dev/davinciN or ASCEND_VISIBLE_DEVICES."""
-    held: dict[int, str] = {}
-    for device in (container.get("HostConfig") or {}).get("Devices") or []:
-        match = _DAVINCI.match(str(device.get("PathOnHost", "")))
-        if match:
-            held[int(match.group(1))] = f"--device={device['PathOnHost']}"
+# `docker inspect --format` of the running containers for the holder checks (here and in npu_check): one JSON
+# object a line with only what they read. The reduction happens on the server, so the rest of other tenants'
+# containers (their environment, with whatever secrets it holds) reaches neither the control node nor the
+# run's events. The environment is scanned for ASCEND_VISIBLE_DEVICES and only that entry is printed.
+HOLDERS_FORMAT = (
+    '{"name":{{json .Name}},"running":{{json .State.Running}},'
+    '"devices":[{{range $i, $d := .HostConfig.Devices}}{{if $i}},{{end}}{{json $d.PathOnHost}}{{end}}],'
+    '"visible":{{$v := "null"}}{{range .Config.Env}}'
+    '{{if eq (index (split . "=") 0) "ASCEND_VISIBLE_DEVICES"}}{{$v = json .}}{{end}}{{end}}{{$v}}}'
+)
+
+
+def reduce_inspect(container: Mapping[str, Any]) -> dict[str, Any]:
+    """`{"name", "running", "devices", "visible"}` (HOLDERS_FORMAT's shape) from a full inspect entry;
+    an entry already in that shape is returned as it is."""
+    if "name" in container:
+        return dict(container)
+    visible = None
     for entry in (container.get("Config") or {}).get("Env") or []:
-        name, _, value = str(entry).partition("=")
-        if name == "ASCEND_VISIBLE_DEVICES":
-            for npu in sorted(_id_list(value)):
-                held.setdefault(npu, f"ASCEND_VISIBLE_DEVICES={value}")
+        if str(entry).partition("=")[0] == "ASCEND_VISIBLE_DEVICES":
+            visible = str(entry)
+    devices = (container.get("HostConfig") or {}).get("Devices") or []
+    return {
+        "name": str(container.get("Name", "")).lstrip("/") or str(container.get("Id", ""))[:12],
+        "running": bool((container.get("State") or {}).get("Running", False)),
+        "devices": [str(d.get("PathOnHost", "")) for d in devices],
+        "visible": visible,
+    }
+
+
+def held_npus(container: Mapping[str, Any]) -> dict[int, str]:
+    """{NPU id: how} for one container: --device=/dev/davinciN or ASCEND_VISIBLE_DEVICES."""
+    entry = reduce_inspect(container)
+    held: dict[int, str] = {}
+    for device in entry.get("devices") or []:
+        match = _DAVINCI.match(str(device))
+        if match:
+            held[int(match.group(1))] = f"--device={device}"
+    if entry.get("visible"):
+        value = str(entry["visible"]).partition("=")[2]
+        for npu in sorted(_id_list(value)):
+            held.setdefault(npu, f"ASCEND_VISIBLE_DEVICES={value}")
     return held
 
 
-def _inspect_list(inspect_output: str | Sequence[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
+def holders(inspect_output: str | Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """Reduced entries from HOLDERS_FORMAT lines, a JSON array of full inspect entries, or a list."""
     if inspect_output is None:
         return []
     if isinstance(inspect_output, str):
         text = inspect_output.strip()
         if not text:
             return []
-        parsed = json.loads(text)
-        return list(parsed) if isinstance(parsed, list) else [parsed]
-    return list(inspect_output)
+        if text.startswith("["):
+            return [reduce_inspect(entry) for entry in json.loads(text)]
+        return [reduce_inspect(json.loads(line)) for line in text.splitlines() if line.strip()]
+    return [reduce_inspect(entry) for entry in inspect_output]
 
 
 def bound_npu_problems(
@@ -171,9 +203,9 @@ def bound_npu_problems(
     """One sentence per running container (not ours) that holds one of our NPUs (the guide's rule)."""
     wanted = {int(npu) for npu in npu_devices}
     problems = []
-    for container in _inspect_list(inspect_output):
-        name = str(container.get("Name", "")).lstrip("/") or str(container.get("Id", ""))[:12]
-        if name == own_container or not (container.get("State") or {}).get("Running", False):
+    for container in holders(inspect_output):
+        name = str(container.get("name") or "").lstrip("/")
+        if name == own_container or not container.get("running", False):
             continue
         for npu, how in sorted(held_npus(container).items()):
             if npu in wanted:

@@ -148,14 +148,15 @@ def test_reduced_container_lines_are_what_the_check_reads() -> None:
 
 
 def test_full_inspect_is_reduced_to_the_fields_the_check_uses() -> None:
-    bound = _bound()
+    from llava_devserver.container_spec import reduce_inspect
+
     entry = {
         "Name": "/tenant",
         "State": {"Running": True},
         "HostConfig": {"Devices": [{"PathOnHost": "/dev/davinci2", "PathInContainer": "/dev/davinci2"}]},
         "Config": {"Env": ["AWS_SECRET_ACCESS_KEY=hunter2", "ASCEND_VISIBLE_DEVICES=4"]},
     }
-    reduced = bound.reduce_inspect(entry)
+    reduced = reduce_inspect(entry)
     assert reduced == {
         "name": "tenant",
         "running": True,
@@ -166,17 +167,22 @@ def test_full_inspect_is_reduced_to_the_fields_the_check_uses() -> None:
 
 
 def _inspect_format() -> str:
-    task = next(
-        t
-        for t in _tasks("roles/npu_check/tasks/main.yml")
-        if t["name"] == "List running containers and the devices they hold"
-    )
-    assert 'docker inspect --format "$NPU_CHECK_FORMAT"' in task["ansible.builtin.shell"]
-    assert task["environment"]["NPU_CHECK_FORMAT"] == "{{ npu_check_inspect_format }}"
-    template = yaml.safe_load((REPO / "roles/npu_check/vars/main.yml").read_text())[
-        "npu_check_inspect_format"
-    ]
-    return str(template).replace("{% raw %}", "").replace("{% endraw %}", "")
+    from llava_devserver.container_spec import HOLDERS_FORMAT
+
+    for path, variable in (
+        ("roles/npu_check/tasks/main.yml", "{{ npu_check_inspect_format }}"),
+        ("roles/training_container/tasks/checks.yml", "{{ None | llava_docker_holders_format }}"),
+    ):
+        task = next(
+            t
+            for t in _tasks(path)
+            if "ansible.builtin.shell" in t and "inspect" in t["ansible.builtin.shell"]
+        )
+        assert 'docker inspect --format "$LLAVA_HOLDERS_FORMAT"' in task["ansible.builtin.shell"], path
+        assert task["environment"]["LLAVA_HOLDERS_FORMAT"] == variable, path
+    npu_vars = yaml.safe_load((REPO / "roles/npu_check/vars/main.yml").read_text())
+    assert npu_vars["npu_check_inspect_format"] == "{{ None | llava_docker_holders_format }}"
+    return HOLDERS_FORMAT
 
 
 def test_preflight_asks_docker_for_the_reduced_fields_only() -> None:

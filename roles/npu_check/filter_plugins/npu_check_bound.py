@@ -14,72 +14,15 @@ runtime, with `ASCEND_VISIBLE_DEVICES` naming N (`0-3,5` style). The host's own 
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
-_DAVINCI = re.compile(r"^/dev/davinci(\d+)$")
+from llava_devserver.container_spec import held_npus, holders
 
-
-def _visible_devices(value: str) -> set[int]:
-    """`0-3,5` -> {0, 1, 2, 3, 5}; unreadable parts are ignored (the runtime rejects them anyway)."""
-    ids: set[int] = set()
-    for part in value.split(","):
-        part = part.strip()
-        if re.fullmatch(r"\d+", part):
-            ids.add(int(part))
-        elif re.fullmatch(r"\d+\s*-\s*\d+", part):
-            low, high = (int(bound) for bound in part.split("-"))
-            ids.update(range(low, high + 1))
-    return ids
-
-
-def reduce_inspect(container: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields this check reads, from one full `docker inspect` entry (the shape of the role's format)."""
-    visible = None
-    for entry in (container.get("Config") or {}).get("Env") or []:
-        if str(entry).partition("=")[0] == "ASCEND_VISIBLE_DEVICES":
-            visible = str(entry)
-    return {
-        "name": str(container.get("Name", "")).lstrip("/") or str(container.get("Id", ""))[:12],
-        "running": (container.get("State") or {}).get("Running", True),
-        "devices": [
-            str(d.get("PathOnHost", "")) for d in (container.get("HostConfig") or {}).get("Devices") or []
-        ],
-        "visible": visible,
-    }
-
-
-def held_npus(container: Mapping[str, Any]) -> dict[int, str]:
-    """{NPU id: how the container holds it} for one reduced entry."""
-    held: dict[int, str] = {}
-    for device in container.get("devices") or []:
-        match = _DAVINCI.match(str(device))
-        if match:
-            held[int(match.group(1))] = f"--device={device}"
-    visible = container.get("visible")
-    if visible:
-        value = str(visible).partition("=")[2]
-        for npu in _visible_devices(value):
-            held.setdefault(npu, f"ASCEND_VISIBLE_DEVICES={value}")
-    return held
-
-
-def parse_containers(text: str) -> list[dict[str, Any]]:
-    """Reduced entries from the role's output, one object a line (or a JSON array of full inspect entries)."""
-    if text.startswith("["):
-        return [reduce_inspect(entry) for entry in json.loads(text)]
-    entries = []
-    for line in text.splitlines():
-        if line.strip():
-            entry = json.loads(line)
-            if not isinstance(entry, dict):
-                raise ValueError(f"not an object: {line[:80]}")
-            entries.append(entry)
-    return entries
+# One parser for both holder checks (this role's and training_container's): llava_devserver.container_spec.
+__all__ = ["held_npus", "holders", "npu_check_bound_problems"]
 
 
 def npu_check_bound_problems(
@@ -90,7 +33,7 @@ def npu_check_bound_problems(
     if not text:
         return []
     try:
-        containers = parse_containers(text)
+        containers = holders(text)
     except ValueError as exc:
         raise AnsibleFilterError(
             f"npu_check_bound_problems: docker inspect output is not JSON: {exc}"
