@@ -170,16 +170,19 @@ def _inspect_format() -> str:
     from llava_devserver.container_spec import HOLDERS_FORMAT
 
     for path, variable in (
-        ("roles/npu_check/tasks/main.yml", "{{ npu_check_inspect_format }}"),
-        ("roles/training_container/tasks/checks.yml", "{{ None | llava_docker_holders_format }}"),
+        ("roles/npu_check/tasks/main.yml", "npu_check_inspect_format"),
+        ("roles/training_container/tasks/checks.yml", "training_container_holders_format"),
     ):
         task = next(
             t
             for t in _tasks(path)
             if "ansible.builtin.shell" in t and "inspect" in t["ansible.builtin.shell"]
         )
-        assert 'docker inspect --format "$LLAVA_HOLDERS_FORMAT"' in task["ansible.builtin.shell"], path
-        assert task["environment"]["LLAVA_HOLDERS_FORMAT"] == variable, path
+        # an argument, shell-quoted: `environment:` values land unquoted on a shell command line
+        assert f"docker inspect --format {{{{ {variable} | quote }}}}" in task["ansible.builtin.shell"], path
+        assert "environment" not in task, path
+    checks = next(t for t in _tasks("roles/training_container/tasks/checks.yml") if "vars" in t)
+    assert checks["vars"]["training_container_holders_format"] == "{{ None | llava_docker_holders_format }}"
     npu_vars = yaml.safe_load((REPO / "roles/npu_check/vars/main.yml").read_text())
     assert npu_vars["npu_check_inspect_format"] == "{{ None | llava_docker_holders_format }}"
     return HOLDERS_FORMAT
