@@ -382,6 +382,8 @@ def test_interrupted_fanout_leaves_no_usable_key(fleet: harness.Fleet) -> None:
             os.killpg(play.pid, signal.SIGKILL)
         log.close()
         fleet.sh(seed, "tc qdisc del dev eth0 root; true")
+        # the copies the killed run started on the seed (their ssh sessions outlive the control process)
+        fleet.sh(seed, "pkill -f -- 'ssh -i /root/.ssh/llava-devserver-fanout'; true")
 
     # what the killed run left: the private key on the seed, the key line on the receivers, restricted
     assert fleet.sh(seed, f"test -s {FANOUT_KEY} && cp {FANOUT_KEY} /root/leftover-key").returncode == 0
