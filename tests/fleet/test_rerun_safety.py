@@ -419,7 +419,8 @@ def test_interrupted_fanout_leaves_no_usable_key(fleet: harness.Fleet) -> None:
             "unchanged",
         )
     for host in receivers:
-        assert repaired.fact(host, "llava_report_assets")["assets"]["images"]["via"] == f"seed:{seed}"
+        # copied again from the seed, or the killed run's copy had completed (same files: nothing to copy)
+        assert repaired.fact(host, "llava_report_assets")["assets"]["images"]["via"] in (None, f"seed:{seed}")
     # and the key the killed run left opens nothing any more
     denied = fleet.sh(
         seed, f"{ssh} root@{target} rsync --server -logDtpre.iLsfxCIvu . {images[receivers[0]]}/"
