@@ -9,6 +9,7 @@ Standalone on purpose (Python 3 standard library only, like assets_verify.py bes
     python3 assets_manifest.py mark    --manifest M --name NAME --path P --error MESSAGE
     python3 assets_manifest.py space   --path P --bytes N [--present N] [--margin N]
     python3 assets_manifest.py hub-download --repo-id ID --revision REV --repo-type T --dest P [--file NAME]
+                                            [--token-stdin]
     python3 assets_manifest.py fingerprint P [--hash-small N]
     python3 assets_manifest.py batch '[{"op": "status", "manifest": ..., "name": ..., "path": ...}, ...]'
 
@@ -48,7 +49,9 @@ MANIFEST_VERSION = 1
 KINDS = ("llm", "vision_tower", "pretrain_json", "images")
 EXIT_NO_HUB = 3
 
-# What `hub-download` runs: huggingface_hub reads HF_ENDPOINT and HF_TOKEN from the environment itself.
+# What `hub-download` runs: huggingface_hub reads HF_ENDPOINT from the environment; the token, when there is
+# one, comes on stdin (--token-stdin) and is handed to huggingface_hub as an argument, never through argv or
+# the environment of a command line.
 _HUB_SCRIPT_DOC = (
     "snapshot_download(repo_id, revision=, repo_type=, local_dir=) or hf_hub_download(filename=)"
 )
@@ -251,11 +254,23 @@ def space(
 # --- Hugging Face downloads -----------------------------------------------------------------------------
 
 
+def read_token(stream: Any) -> str | None:
+    """The hub token from the first line of `stream` (the role's stdin); None when it is empty."""
+    token = (stream.readline() or "").strip()
+    return token or None
+
+
 def hub_download(
-    repo_id: str, revision: str, repo_type: str, dest: str, filename: str | None
+    repo_id: str,
+    revision: str,
+    repo_type: str,
+    dest: str,
+    filename: str | None,
+    token: str | None = None,
 ) -> dict[str, Any]:
-    """Download with huggingface_hub (HF_ENDPOINT/HF_TOKEN from the environment) into `dest` (a directory,
-    or with `filename` the file `dest`)."""
+    """Download with huggingface_hub (HF_ENDPOINT from the environment, `token` as given) into `dest` (a
+    directory, or with `filename` the file `dest`)."""
+    auth = {"token": token} if token else {}
     try:
         import huggingface_hub
     except ImportError:
@@ -273,13 +288,14 @@ def hub_download(
                 revision=revision,
                 repo_type=repo_type,
                 local_dir=os.path.dirname(dest) or ".",
+                **auth,
             )
             if os.path.abspath(got) != os.path.abspath(dest):
                 os.replace(got, dest)
         else:
             os.makedirs(dest, exist_ok=True)
             huggingface_hub.snapshot_download(
-                repo_id=repo_id, revision=revision, repo_type=repo_type, local_dir=dest
+                repo_id=repo_id, revision=revision, repo_type=repo_type, local_dir=dest, **auth
             )
     except Exception as error:  # any hub/network error, reported with the repo and endpoint
         endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
@@ -348,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     p_hub.add_argument("--repo-type", choices=("model", "dataset"), default="model")
     p_hub.add_argument("--dest", required=True)
     p_hub.add_argument("--file")
+    p_hub.add_argument("--token-stdin", action="store_true", help="read the hub token from stdin")
     p_batch = commands.add_parser("batch", help="a JSON list of operations (status, verify, mark, space)")
     p_batch.add_argument("operations")
     p_fp = commands.add_parser("fingerprint")
@@ -375,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "space":
         out = space(args.path, args.bytes, args.present, args.margin)
     elif args.command == "hub-download":
-        out = hub_download(args.repo_id, args.revision, args.repo_type, args.dest, args.file)
+        token = read_token(sys.stdin) if args.token_stdin else None
+        out = hub_download(args.repo_id, args.revision, args.repo_type, args.dest, args.file, token)
         code = int(out["code"])
     else:
         out = {"path": args.path, "fingerprint": fingerprint(args.path, args.hash_small)}

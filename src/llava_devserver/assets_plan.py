@@ -22,7 +22,15 @@ ORDER = ("images", "llm", "vision_tower", "pretrain_json")
 HASH_SMALL = {"llm": 1 << 20, "vision_tower": 1 << 20, "pretrain_json": 0, "images": 0}
 # Under llava.state_dir on the server.
 MANIFEST = "assets-manifest.json"
-HELPER_DIR = "bin"
+# The server-side helpers run as root: they live in a root-owned directory outside work_dir, never where the
+# training container can write (under work_dir they would be scripts the container user edits and root runs).
+HELPER_DIR = "/usr/local/lib/llava-devserver"
+# The forced command of the fan-out key (stdlib Python 3.7+, in HELPER_DIR): rsync receiving into assets only.
+FANOUT_RECEIVER = "fanout_receive.py"
+# Every fan-out key this tool authorizes carries this comment (a run id after it): each run removes them all.
+FANOUT_KEY_COMMENT = "llava-devserver-fanout"
+# expiry-time in authorized_keys needs OpenSSH 8.2+ on the receiver (older sshd refuse the whole line).
+EXPIRY_MIN_OPENSSH = (8, 2)
 
 
 def host_path(container_path: str, container_work_dir: str, work_dir: str) -> str | None:
@@ -91,7 +99,7 @@ def plan(llava: Mapping[str, Any], control_fingerprints: Mapping[str, Any] | Non
         "assets": planned,
         "errors": errors,
         "manifest": posixpath.join(str(llava["state_dir"]), MANIFEST),
-        "helper_dir": posixpath.join(str(llava["state_dir"]), HELPER_DIR),
+        "helper_dir": HELPER_DIR,
     }
 
 
@@ -296,8 +304,12 @@ def local_copy_command(asset: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def hub_command(asset: Mapping[str, Any], helper_dir: str, python: str = "python3") -> list[str]:
-    """The download on the server (huggingface_hub; HF_ENDPOINT and HF_TOKEN come from the environment)."""
+def hub_command(
+    asset: Mapping[str, Any], helper_dir: str, token_set: bool = False, python: str = "python3"
+) -> list[str]:
+    """The download on the server (huggingface_hub; HF_ENDPOINT from the environment). With `token_set` the
+    helper reads the token from its standard input (`--token-stdin`): never an argument or an environment
+    prefix, which every user of the server could read in `ps` for the whole download."""
     argv = [
         python, posixpath.join(helper_dir, "assets_manifest.py"), "hub-download",
         "--repo-id", str(asset["repo_id"]), "--revision", str(asset.get("revision") or "main"),
@@ -305,18 +317,69 @@ def hub_command(asset: Mapping[str, Any], helper_dir: str, python: str = "python
     ]  # fmt: skip
     if not asset["is_dir"]:
         argv += ["--file", posixpath.basename(str(asset["host_dest"]))]
+    if token_set:
+        argv.append("--token-stdin")
     return argv
 
 
-def hub_environment(hf_endpoint: str | None, token: str | None) -> dict[str, str]:
-    """The environment of the download task (which is no_log: it carries the token)."""
+def hub_environment(hf_endpoint: str | None) -> dict[str, str]:
+    """The environment of the download task: no secret in it (the token goes through stdin)."""
     env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
     if hf_endpoint:
         env["HF_ENDPOINT"] = str(hf_endpoint)
-    if token:
-        env["HF_TOKEN"] = str(token)
-        env["HUGGING_FACE_HUB_TOKEN"] = str(token)  # older huggingface_hub versions
     return env
+
+
+def openssh_version(text: str | None) -> tuple[int, int] | None:
+    """(major, minor) from `ssh -V` / `sshd -V` output (`OpenSSH_9.2p1 Debian-2`), None when unreadable."""
+    import re
+
+    match = re.search(r"OpenSSH_(\d+)\.(\d+)", text or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def fanout_key_options(
+    seed_addresses: Sequence[str],
+    destinations: Sequence[str],
+    expiry: str | None,
+    ssh_version_text: str | None,
+    python: str = "/usr/bin/python3",
+    helper_dir: str = HELPER_DIR,
+) -> str:
+    """authorized_keys options of the fan-out key on one receiver: a forced command that only lets rsync
+    receive into this receiver's asset folders, only from its seeds' addresses, nothing else (`restrict`:
+    no pty, no forwarding), and, where sshd knows it (OpenSSH 8.2+), an expiry time (`YYYYMMDDHHMMSS`, the
+    receiver's local time) so that a key an interrupted run left behind stops working by itself."""
+    import re
+
+    if not seed_addresses:
+        raise ValueError("fanout_key_options: no seed address")
+    if not destinations:
+        raise ValueError("fanout_key_options: no destination")
+    # authorized_keys has no escape inside a quoted option, and the receiver splits its arguments on spaces
+    for value, bad in [(a, r'[\s"\\,]') for a in seed_addresses] + [(d, r'[\s"\\]') for d in destinations]:
+        if not str(value) or re.search(bad, str(value)):
+            raise ValueError(f"fanout_key_options: unusable value {value!r} for an authorized_keys option")
+    receiver = " ".join(
+        [python, posixpath.join(helper_dir, FANOUT_RECEIVER), *(str(d) for d in destinations)]
+    )
+    options = [f'command="{receiver}"', f'from="{",".join(str(a) for a in seed_addresses)}"', "restrict"]
+    version = openssh_version(ssh_version_text)
+    if expiry and version is not None and version >= EXPIRY_MIN_OPENSSH:
+        if not re.fullmatch(r"\d{12}(\d{2})?", str(expiry)):
+            raise ValueError(f"fanout_key_options: expiry {expiry!r} is not YYYYMMDDHHMM[SS]")
+        options.append(f'expiry-time="{expiry}"')
+    return ",".join(options)
+
+
+def fanout_key_comment(run_id: str) -> str:
+    """The comment of this run's fan-out key: the common prefix every run removes, then the run's id."""
+    return f"{FANOUT_KEY_COMMENT}-{run_id}"
+
+
+def fanout_key_line_pattern() -> str:
+    """Regular expression (Python `re`, for lineinfile) of every authorized_keys line this tool ever added."""
+    return r"\s" + FANOUT_KEY_COMMENT + r"(-\S*)?\s*$"
 
 
 def parse_rsync_bytes(stdout: str) -> int | None:

@@ -498,9 +498,19 @@ class Settings(BaseModel):
         "touched.",
         json_schema_extra=_scope("fleet"),
     )
+    accel_check_force: bool = Field(
+        False,
+        description="Run the accelerator check although the job has finished (it is skipped then, and "
+        "always while a job runs; `--tags accel_check` does the same).",
+        json_schema_extra=_scope("fleet"),
+    )
     metadata_guard: bool = Field(
         True,
-        description="Block containers from the metadata service 169.254.169.254 (the guide's advice).",
+        description="Block the metadata service 169.254.169.254 (the guide's advice) with iptables: for "
+        "bridged containers (DOCKER-USER) and, on host networking like the training container's, for every "
+        "process of the container user's uid (OUTPUT, -m owner); the same for IPv6 with ip6tables "
+        "(fd00:ec2::254; Huawei Cloud's service is IPv4 only). Root inside a host-network container is not "
+        "covered (it is the host's root to iptables).",
         json_schema_extra=_scope("fleet"),
     )
     hf_endpoint: str | None = Field(
@@ -880,6 +890,7 @@ class HostSettings(BaseModel):
             "train_wait": s.train_wait,
             "train_restart": s.train_restart,
             "cann_set_env": CANN_SET_ENV,
+            "accel_check_force": s.accel_check_force,
             "metadata_guard": s.metadata_guard,
             "hf_endpoint": s.hf_endpoint,
             "hf_token_set": s.hf_token is not None,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _RANGE = re.compile(r"(\d+)\s*-\s*(\d+)")
-_DAVINCI = re.compile(r"^/dev/davinci(\d+)$")
+_DAVINCI = re.compile(r"/dev/davinci(\d+)")
 _FORMS = "NPU ids such as 0-7, 0,1,2,3 or a list"
 
 
@@ -100,9 +100,41 @@ class HeldNpu:
     how: str  # `--device=/dev/davinciN` or `ASCEND_VISIBLE_DEVICES=...`
 
 
-def inspect_entries(inspect_output: str | Sequence[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
-    """The entries of `docker inspect` output: its JSON text (array or one object), a parsed list, or
-    nothing (empty text or None: no container runs, or Docker is absent)."""
+# `docker inspect --format` of the running containers for the holder checks (npu_check's preflight and
+# training_container's): one JSON object a line with only what the rule reads. The reduction happens on the
+# server, so the rest of other tenants' containers (their environment, with whatever secrets it holds)
+# reaches neither the control node nor the run's events. Only the ASCEND_VISIBLE_DEVICES entry is printed.
+HOLDERS_FORMAT = (
+    '{"name":{{json .Name}},"running":{{json .State.Running}},'
+    '"devices":[{{range $i, $d := .HostConfig.Devices}}{{if $i}},{{end}}{{json $d.PathOnHost}}{{end}}],'
+    '"visible":{{$v := "null"}}{{range .Config.Env}}'
+    '{{if eq (index (split . "=") 0) "ASCEND_VISIBLE_DEVICES"}}{{$v = json .}}{{end}}{{end}}{{$v}}}'
+)
+
+
+def reduce_inspect(container: Mapping[str, Any]) -> dict[str, Any]:
+    """`{"name", "running", "devices", "visible"}` (HOLDERS_FORMAT's shape) from a full `docker inspect`
+    entry; an entry already in that shape is returned as it is. No `State.Running` (an unknown state): not
+    running."""
+    if "name" in container:
+        return dict(container)
+    visible = None
+    for entry in (container.get("Config") or {}).get("Env") or []:
+        if str(entry).partition("=")[0] == "ASCEND_VISIBLE_DEVICES":
+            visible = str(entry)
+    devices = (container.get("HostConfig") or {}).get("Devices") or []
+    return {
+        "name": str(container.get("Name", "")).lstrip("/") or str(container.get("Id", ""))[:12],
+        "running": (container.get("State") or {}).get("Running") is True,
+        "devices": [str(d.get("PathOnHost", "")) for d in devices],
+        "visible": visible,
+    }
+
+
+def inspect_entries(inspect_output: str | Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """Reduced entries (HOLDERS_FORMAT's shape) from HOLDERS_FORMAT lines, a JSON array or object of full
+    `docker inspect` entries, a parsed list, or nothing (empty text or None: no container runs, or Docker is
+    absent)."""
     if inspect_output is None:
         return []
     if isinstance(inspect_output, str):
@@ -110,34 +142,37 @@ def inspect_entries(inspect_output: str | Sequence[Mapping[str, Any]] | None) ->
         if not text:
             return []
         try:
-            parsed = json.loads(text)
+            if text.startswith("["):
+                parsed = json.loads(text)
+            else:
+                parsed = [json.loads(line) for line in text.splitlines() if line.strip()]
         except ValueError as exc:
             raise ValueError(f"docker inspect output is not JSON: {exc}") from exc
-        return list(parsed) if isinstance(parsed, list) else [parsed]
-    return list(inspect_output)
+        return [reduce_inspect(entry) for entry in (parsed if isinstance(parsed, list) else [parsed])]
+    return [reduce_inspect(entry) for entry in inspect_output]
 
 
 def container_name(container: Mapping[str, Any]) -> str:
-    return str(container.get("Name", "")).lstrip("/") or str(container.get("Id", ""))[:12]
+    return str(reduce_inspect(container)["name"]).lstrip("/")
 
 
 def is_running(container: Mapping[str, Any]) -> bool:
     """Only a running container holds devices; no `State.Running` (an unknown state) is not running."""
-    return (container.get("State") or {}).get("Running") is True
+    return reduce_inspect(container).get("running") is True
 
 
 def held_npus(container: Mapping[str, Any]) -> dict[int, str]:
-    """{NPU id: how} that one `docker inspect` entry was given (whether it runs or not)."""
+    """{NPU id: how} that one container (a full or reduced inspect entry) was given, running or not."""
+    entry = reduce_inspect(container)
     held: dict[int, str] = {}
-    for device in (container.get("HostConfig") or {}).get("Devices") or []:
-        match = _DAVINCI.match(str(device.get("PathOnHost", "")))
+    for device in entry.get("devices") or []:
+        match = _DAVINCI.fullmatch(str(device))
         if match:
-            held[int(match.group(1))] = f"--device={device['PathOnHost']}"
-    for entry in (container.get("Config") or {}).get("Env") or []:
-        name, _, value = str(entry).partition("=")
-        if name == "ASCEND_VISIBLE_DEVICES":
-            for npu in read_device_ids(value):
-                held.setdefault(npu, f"ASCEND_VISIBLE_DEVICES={value}")
+            held[int(match.group(1))] = f"--device={device}"
+    if entry.get("visible"):
+        value = str(entry["visible"]).partition("=")[2]
+        for npu in read_device_ids(value):
+            held.setdefault(npu, f"ASCEND_VISIBLE_DEVICES={value}")
     return held
 
 

@@ -9,8 +9,10 @@ for SWR. The tests run in file order, each building on the state the previous on
    (NPU 0 held) and has no container.
 2. NPU freed but /usr/local/dcmi removed on devserver-2: refused again, no container; devserver-1 changed=0.
 3. devserver-2 pulls from the registry (password from Ansible Vault): bad password, missing tag, check
-   mode (changes nothing), then the right image; the password never appears in the output; a rerun
-   changes nothing.
+   mode (changes nothing), then the right image; the password never appears in the output nor on any
+   process command line of the server (sampled during the login and pull); the login's temporary
+   DOCKER_CONFIG is gone afterwards (a stale one of an interrupted run too), /root/.docker/config.json
+   never holds it; a rerun changes nothing.
 4. devserver-1 with a training job running: a changed shm size fails without container_recreate, and
    recreates the container with it.
 """
@@ -29,6 +31,7 @@ import pytest
 import yaml
 
 import harness
+from cmdline_sampler import CmdlineSampler
 from llava_devserver.npu_smi import NpuSmiInfo, parse_npu_smi
 from llava_devserver.sim import fleet as sim_fleet
 
@@ -216,17 +219,34 @@ def test_pull_from_registry_with_vault_credentials(fleet: Fleet) -> None:
         assert inspect(fleet, "devserver-2") is None
         assert fleet.sh("devserver-2", f"docker image inspect {image}").returncode != 0
 
-        run = fleet.run("validate", "container", **limit)
+        # what an interrupted run between login and cleanup would have left: removed before the login
+        stale = "/run/llava-devserver/docker-config.stale"
+        fleet.sh(
+            "devserver-2", f"mkdir -p -m 0700 {stale} && echo '{{\"auths\": {{}}}}' >{stale}/config.json"
+        )
+        # every process command line on the server, sampled while it logs in and pulls
+        with CmdlineSampler(fleet.sim, ["devserver-2"], fleet.sim.dir / "cmdlines-pull") as sampler:
+            run = fleet.run("validate", "container", **limit)
         assert run.recap["devserver-2"]["failed"] == 0, run.output[-4000:]
         assert fleet.registry_password not in run.output
+        seen = sampler.text("devserver-2")
+        assert sampler.samples("devserver-2") > 10
+        assert fleet.registry_password not in seen
+        # the sampler saw the pull, which ran with the login's temporary configuration
+        assert "DOCKER_CONFIG=/run/llava-devserver/docker-config." in seen, sorted(
+            sampler.lines("devserver-2")
+        )[:50]
+        leftovers = fleet.sh("devserver-2", "ls -A /run/llava-devserver")
+        assert leftovers.returncode == 0 and leftovers.stdout.strip() == "", leftovers.stdout
+        assert fleet.sh("devserver-2", "stat -c %a /run/llava-devserver").stdout.strip() == "700"
         info = assert_guide_container(fleet, "devserver-2", image)
         digests = fleet.sh(
             "devserver-2", f"docker image inspect -f '{{{{json .RepoDigests}}}}' {info['Image']}"
         )
         assert json.loads(digests.stdout)[0].startswith(f"{fleet.registry_address}/llava/ctrtest@sha256:")
-        # no credentials left on the server
+        # no credentials left on the server: the default client configuration was never written
         config = fleet.sh("devserver-2", "cat /root/.docker/config.json 2>/dev/null || true").stdout
-        assert fleet.registry_address not in config or '"auth"' not in config
+        assert fleet.registry_address not in config and '"auth"' not in config, config
 
         again = fleet.run("validate", "container", **limit)
         assert again.recap["devserver-2"]["changed"] == 0, again.output[-4000:]

@@ -33,6 +33,7 @@ HOSTS = ["devserver-1", "devserver-2", "devserver-3"]
 WORK = "/data/llava-devserver"
 STATE = f"{WORK}/.llava-devserver"
 MANIFEST = f"{STATE}/assets-manifest.json"
+HELPERS = "/usr/local/lib/llava-devserver"  # root-owned, outside work_dir
 COMMIT_DIR = f"{WORK}/multimodal_algorithm/LLAVA/llava-train/{LLAVA_TRAIN_COMMIT}"
 CONTAINER = "llava-pretrain"
 ASSET_DIR = f"{WORK}/sim-assets"
@@ -87,7 +88,7 @@ def assert_assets_verified(fleet: harness.Fleet, host: str) -> None:
         assert entry["fingerprint"]["digest"] == expected["digest"], (host, name)
         # and the server's files really are what the manifest says (the same helper, on the server)
         check = fleet.sh(host,
-            f"python3 {STATE}/bin/assets_manifest.py fingerprint {path} --hash-small {HASH_SMALL[name]}",
+            f"python3 {HELPERS}/assets_manifest.py fingerprint {path} --hash-small {HASH_SMALL[name]}",
         )  # fmt: skip
         assert json.loads(check.stdout)["fingerprint"]["digest"] == expected["digest"], (host, name)
 

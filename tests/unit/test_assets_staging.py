@@ -253,7 +253,7 @@ def test_hub_command_and_environment() -> None:
         )
     )
     llm, data = plan["assets"]
-    helper = "/data/llava-devserver/.llava-devserver/bin"
+    helper = "/usr/local/lib/llava-devserver"
     assert ap.hub_command(llm, helper) == [
         "python3", f"{helper}/assets_manifest.py", "hub-download", "--repo-id", "lmsys/vicuna-13b-v1.5",
         "--revision", "r1", "--repo-type", "model", "--dest", "/data/llava-devserver/sim-assets/llm",
@@ -263,20 +263,22 @@ def test_hub_command_and_environment() -> None:
         "--file", "blip_laion_cc_sbu_558k.json",
     ]  # fmt: skip
     assert "--repo-type" in ap.hub_command(data, helper) and "dataset" in ap.hub_command(data, helper)
-    # the token only ever goes into the environment, never into the command line
-    env = ap.hub_environment("https://hf-mirror.com", "hf_secret")
-    assert env["HF_ENDPOINT"] == "https://hf-mirror.com" and env["HF_TOKEN"] == "hf_secret"
-    assert "hf_secret" not in " ".join(ap.hub_command(llm, helper))
-    assert "HF_TOKEN" not in ap.hub_environment(None, None) and "HF_ENDPOINT" not in ap.hub_environment(
-        None, None
-    )
+    # the token goes through stdin (--token-stdin): never into the command line or the environment
+    env = ap.hub_environment("https://hf-mirror.com")
+    assert env["HF_ENDPOINT"] == "https://hf-mirror.com" and "HF_TOKEN" not in env
+    assert ap.hub_command(llm, helper, token_set=True)[-1] == "--token-stdin"
+    assert "--token-stdin" not in ap.hub_command(llm, helper)
+    assert "HF_ENDPOINT" not in ap.hub_environment(None)
 
 
 def test_hub_task_is_no_log() -> None:
     tasks = yaml.safe_load((REPO / "roles/llava_assets/tasks/local.yml").read_text())
     hub = next(t for t in tasks if t["name"] == "Download the hub assets on the server")
-    assert hub["no_log"] is True and "hf_token" in hub["environment"]
-    assert "hf_token" not in json.dumps(hub["ansible.builtin.command"])
+    assert hub["no_log"] is True and "hf_token" not in hub["environment"]
+    assert "hf_token" in hub["ansible.builtin.command"]["stdin"]
+    assert "hostvars" not in json.dumps(
+        hub["ansible.builtin.command"]["argv"]
+    )  # the secret itself is not read there
 
 
 def test_hub_problems_quote_the_helper_not_the_environment() -> None:
@@ -363,7 +365,7 @@ def test_operations_for_the_helper(assets: dict[str, Path]) -> None:
     (mark,) = ap.mark_ops(plan, {"llm": "not staged: no room"})
     assert mark["error"] == "not staged: no room" and mark["op"] == "mark"
     argv = ap.batch_command(verify, plan)
-    assert argv[:3] == ["python3", "/data/llava-devserver/.llava-devserver/bin/assets_manifest.py", "batch"]
+    assert argv[:3] == ["python3", "/usr/local/lib/llava-devserver/assets_manifest.py", "batch"]
     assert json.loads(argv[3]) == verify
 
 

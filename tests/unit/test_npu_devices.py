@@ -155,9 +155,15 @@ def test_own_container_and_npus_not_wanted_are_left_out() -> None:
 
 def test_inspect_output_forms() -> None:
     entry = _container("a", ("/dev/davinci0",))
-    assert inspect_entries(json.dumps([entry])) == [entry]
-    assert inspect_entries(json.dumps(entry)) == [entry]  # `docker inspect` of one id, as an object
-    assert inspect_entries([entry]) == [entry]
+    reduced = {"name": "a", "running": True, "devices": ["/dev/davinci0"], "visible": None}
+    assert inspect_entries(json.dumps([entry])) == [reduced]
+    assert inspect_entries(json.dumps(entry)) == [reduced]  # `docker inspect` of one id, as an object
+    assert inspect_entries([entry]) == [reduced]
+    # what the roles' `docker inspect --format HOLDERS_FORMAT` prints: one reduced object a line
+    assert inspect_entries(json.dumps(reduced) + "\n" + json.dumps(reduced | {"name": "b"})) == [
+        reduced,
+        reduced | {"name": "b"},
+    ]
     assert inspect_entries("  \n") == [] and inspect_entries(None) == []
     with pytest.raises(ValueError, match="docker inspect output is not JSON"):
         inspect_entries("Cannot connect to the Docker daemon")

@@ -1,7 +1,9 @@
 """Filter `npu_check_bound_problems`: NPUs of this host that another running container already holds.
 
-Input: the text of `docker ps -q | xargs -r docker inspect` (a JSON array; empty text when no container
-runs or Docker is absent). The rule (what "held" means, which containers count) is
+Input: what the role's `docker inspect --format` prints (llava_devserver.npu_devices.HOLDERS_FORMAT: one JSON
+object per running container with only the fields the rule reads, reduced on the server so that other
+tenants' environments never reach the control node), or full `docker inspect` JSON; empty text when no
+container runs or Docker is absent. The rule (what "held" means, which containers count) is
 `llava_devserver.npu_devices.npus_held_elsewhere`, the one the training_container role applies too; the
 host's own training container (`own_container`) is left out.
 """

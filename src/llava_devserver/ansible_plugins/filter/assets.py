@@ -4,7 +4,10 @@
 - `{{ llava_dicts | llava_assets_control_fingerprints }}`: fingerprints of the control-node sources.
 - `{{ inventory_hostname | llava_assets_seeds(plans, play_hosts) }}`: asset -> the seed host.
 - `{{ asset | llava_assets_fanout_command(key, user, address) }}`, `{{ asset | llava_assets_local_copy }}`,
-  `{{ asset | llava_assets_hub_command(helper_dir) }}`, `{{ endpoint | llava_assets_hub_env(token) }}`.
+  `{{ asset | llava_assets_hub_command(helper_dir, token_set) }}`, `{{ endpoint | llava_assets_hub_env }}`.
+- `{{ seed_addresses | llava_assets_fanout_key_options(dests, expiry, ssh_version) }}`, `{{ run_id |
+  llava_assets_fanout_key_comment }}`, `{{ None | llava_assets_fanout_key_pattern }}`: the fan-out key's
+  authorized_keys options, comment, and the pattern of every key line this tool added.
 - `{{ plan | llava_assets_status_ops }}`, `..._space_ops(todo, statuses, margin)`,
   `..._verify_ops(names, sample)`, `..._mark_ops(reasons)`: operations of the server-side helper;
   `{{ ops | llava_assets_batch(plan) }}` its command line, `{{ result | llava_assets_batch_results(ops) }}`
@@ -42,12 +45,22 @@ def llava_assets_fanout_command(
     return assets_plan.fanout_command(asset, key_file, user, address)
 
 
-def llava_assets_hub_command(asset: Mapping[str, Any], helper_dir: str) -> list[str]:
-    return assets_plan.hub_command(asset, helper_dir)
+def llava_assets_hub_command(asset: Mapping[str, Any], helper_dir: str, token_set: bool = False) -> list[str]:
+    return assets_plan.hub_command(asset, helper_dir, bool(token_set))
 
 
-def llava_assets_hub_env(endpoint: str | None, token: str | None = None) -> dict[str, str]:
-    return assets_plan.hub_environment(endpoint, token)
+def llava_assets_hub_env(endpoint: str | None) -> dict[str, str]:
+    return assets_plan.hub_environment(endpoint)
+
+
+def llava_assets_fanout_key_options(
+    seed_addresses: Sequence[str], destinations: Sequence[str], expiry: str | None, ssh_version: str | None
+) -> str:
+    return assets_plan.fanout_key_options(seed_addresses, destinations, expiry, ssh_version)
+
+
+def llava_assets_fanout_key_pattern(_: Any = None) -> str:
+    return assets_plan.fanout_key_line_pattern()
 
 
 def llava_assets_rsync_bytes(stdout: Any) -> int | None:
@@ -78,11 +91,12 @@ def llava_host_path(container_path: str, llava: Mapping[str, Any]) -> str:
 
 
 def llava_assets_python_files(_: Any = None) -> dict[str, str]:
-    from llava_devserver import assets_manifest, assets_verify
+    from llava_devserver import assets_manifest, assets_verify, fanout_receive
 
     return {
         "assets_manifest.py": str(assets_manifest.__file__),
         "assets_verify.py": str(assets_verify.__file__),
+        assets_plan.FANOUT_RECEIVER: str(fanout_receive.__file__),
     }
 
 
@@ -100,6 +114,9 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "llava_assets_mark_ops": assets_plan.mark_ops,
     "llava_assets_hub_command": llava_assets_hub_command,
     "llava_assets_hub_env": llava_assets_hub_env,
+    "llava_assets_fanout_key_options": llava_assets_fanout_key_options,
+    "llava_assets_fanout_key_comment": assets_plan.fanout_key_comment,
+    "llava_assets_fanout_key_pattern": llava_assets_fanout_key_pattern,
     "llava_assets_rsync_bytes": llava_assets_rsync_bytes,
     "llava_assets_space_problems": assets_plan.space_problems,
     "llava_assets_verify_problems": assets_plan.verify_problems,

@@ -3,6 +3,8 @@
 - `{{ llava | training_container_spec }}`: docker_container parameters and what the checks need.
 - `{{ checks | training_container_mount_problems(host, stats) }}`: missing/wrong-type mount sources.
 - `{{ inspect_text | training_container_bound_problems(host, npus, own_name) }}`: NPUs held elsewhere.
+- `{{ None | llava_docker_holders_format }}`: the `docker inspect --format` of those checks (only the fields
+  they read), for this role and npu_check.
 - `{{ image | training_container_registry }}`: the registry a reference is pulled from.
 - `{{ text | training_container_redact([secret]) }}`: the text without the secrets.
 - `{{ message | training_container_pull_problem(host, image) }}`,
@@ -19,6 +21,7 @@ from typing import Any
 
 from llava_devserver import container_spec as spec
 from llava_devserver.ansible_support import filter_guard as _guard
+from llava_devserver.npu_devices import HOLDERS_FORMAT
 
 
 def training_container_spec(llava: Mapping[str, Any]) -> dict[str, Any]:
@@ -66,6 +69,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "training_container_spec": training_container_spec,
     "training_container_mount_problems": training_container_mount_problems,
     "training_container_bound_problems": training_container_bound_problems,
+    "llava_docker_holders_format": lambda _=None: HOLDERS_FORMAT,
     "training_container_registry": spec.registry_of,
     "training_container_redact": spec.redact,
     "training_container_pull_problem": training_container_pull_problem,
