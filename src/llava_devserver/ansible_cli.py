@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_ENV = "ANSIBLE_CONFIG"
-VAULT_FLAGS = "-J/--ask-vault-pass, --vault-id ID@SOURCE, --vault-password-file FILE or ANSIBLE_VAULT_PASSWORD_FILE"
+VAULT_FLAGS = (
+    "-J/--ask-vault-pass, --vault-id ID@SOURCE, --vault-password-file FILE or ANSIBLE_VAULT_PASSWORD_FILE"
+)
 # ansible-playbook's prompts (ansible.cli.CLI.setup_vault_secrets), answered through ansible-runner.
 ASK_VAULT_PROMPT = r"^Vault password:\s*?$"
 
@@ -71,7 +73,7 @@ def add_inventory_options(parser: argparse.ArgumentParser, *, extra_vars: bool =
         action="append",
         default=None,
         metavar="INVENTORY",
-        help="inventory file or directory (repeatable; default: ANSIBLE_INVENTORY, else ansible.cfg's inventory)",
+        help="inventory file or dir (repeatable; default: ANSIBLE_INVENTORY, else ansible.cfg's inventory)",
     )
     if extra_vars:
         parser.add_argument(
@@ -83,7 +85,14 @@ def add_inventory_options(parser: argparse.ArgumentParser, *, extra_vars: bool =
             help="extra variables as ansible-playbook takes them (key=value, YAML/JSON, @file)",
         )
     vault = parser.add_argument_group("vault (as ansible-playbook)")
-    vault.add_argument("--vault-id", action="append", default=[], dest="vault_ids", metavar="ID", help="vault identity (ID@FILE, ID@prompt)")
+    vault.add_argument(
+        "--vault-id",
+        action="append",
+        default=[],
+        dest="vault_ids",
+        metavar="ID",
+        help="vault identity (ID@FILE, ID@prompt)",
+    )
     vault.add_argument(
         "-J",
         "--ask-vault-password",
@@ -103,7 +112,12 @@ def add_inventory_options(parser: argparse.ArgumentParser, *, extra_vars: bool =
         help="file (or executable script) holding the vault password",
     )
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, dest="verbosity", help="more Ansible output (-vvv: connections)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        dest="verbosity",
+        help="more Ansible output (-vvv: connections)",
     )
 
 
@@ -113,11 +127,17 @@ def add_play_options(parser: argparse.ArgumentParser, *, tags: bool = True) -> N
     if tags:
         parser.add_argument("-t", "--tags", metavar="TAGS", help="only these tags (comma list)")
         parser.add_argument("--skip-tags", metavar="TAGS", help="skip these tags (comma list)")
-    parser.add_argument("-f", "--forks", type=int, metavar="N", help="parallel servers (default: ansible.cfg's forks)")
-    parser.add_argument("-D", "--diff", action="store_true", default=None, help="show the changes of files and templates")
+    parser.add_argument(
+        "-f", "--forks", type=int, metavar="N", help="parallel servers (default: ansible.cfg's forks)"
+    )
+    parser.add_argument(
+        "-D", "--diff", action="store_true", default=None, help="show the changes of files and templates"
+    )
 
 
-def add_json_option(parser: argparse.ArgumentParser, help_text: str = "machine-readable output (JSON)") -> None:
+def add_json_option(
+    parser: argparse.ArgumentParser, help_text: str = "machine-readable output (JSON)"
+) -> None:
     parser.add_argument("--json", action="store_true", help=help_text)
 
 

@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
         const="latest",
         default=None,
         metavar="RUN_DIR",
-        help="only the servers that failed or were unreachable in the latest run's report.json (or RUN_DIR's)",
+        help="only the servers that failed or were unreachable in the latest report.json (or RUN_DIR's)",
     )
     up.add_argument("--playbook", default=SITE, help=f"playbook of the project to run (default {SITE})")
     add_json_option(up, "per-server summary as JSON on stdout (progress on stderr)")
@@ -304,7 +304,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if isinstance(fleet, int):
         return fleet
     result = _play(
-        args, args.playbook, list(fleet.settings), check=True, diff=True, summary=False, console=_out_console(args)
+        args,
+        args.playbook,
+        list(fleet.settings),
+        check=True,
+        diff=True,
+        summary=False,
+        console=_out_console(args),
     )
     if isinstance(result, int):
         return result

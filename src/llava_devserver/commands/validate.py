@@ -62,7 +62,7 @@ def run_validate(args: argparse.Namespace) -> int:
         if as_json:
             errors = [e.as_dict() for e in exc.errors]
             hint = lines[len(exc.errors) :]
-            report = {"valid": False, "unreadable": None, "errors": errors, "hosts": {}}
+            report: dict[str, Any] = {"valid": False, "unreadable": None, "errors": errors, "hosts": {}}
             print(json.dumps(report | ({"hint": hint[0]} if hint else {}), indent=2))
         else:
             for line in lines[: len(exc.errors)]:
