@@ -478,21 +478,10 @@ def remote_log_command(work_dir: str, lines: int, follow: bool) -> str:
 
 
 def ssh_argv(variables: Mapping[str, Any], host: str, remote: str) -> list[str]:
-    """The command that runs REMOTE on HOST with its connection variables (local connection: bash)."""
-    if str(variables.get("ansible_connection", "ssh")) == "local":
-        return ["bash", "-c", remote]
-    argv = ["ssh", "-o", "BatchMode=yes"]
-    if variables.get("ansible_port"):
-        argv += ["-p", str(variables["ansible_port"])]
-    if variables.get("ansible_ssh_private_key_file"):
-        argv += ["-i", str(variables["ansible_ssh_private_key_file"])]
-    for name in ("ansible_ssh_common_args", "ansible_ssh_extra_args"):
-        if variables.get(name):
-            argv += shlex.split(str(variables[name]))
-    address = str(variables.get("ansible_host") or host)
-    user = variables.get("ansible_user")
-    argv += [f"{user}@{address}" if user else address, remote]
-    return argv
+    """The command that runs REMOTE on HOST as ansible-playbook connects (ansible_connect.remote_argv)."""
+    from llava_devserver.ansible_connect import remote_argv
+
+    return remote_argv(variables, host, remote)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -510,7 +499,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     remote = remote_log_command(str(fleet.settings[host]["work_dir"]), args.lines, args.follow)
-    argv = ssh_argv(fleet.hosts[host], host, remote)
+    try:
+        argv = ssh_argv(fleet.hosts[host], host, remote)
+    except ValueError as exc:  # a connection that cannot be used directly (password login, a plugin)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.follow:  # become the stream: Ctrl-C or a signal ends ssh/tail, not only this process
         sys.stdout.flush()
         try:
