@@ -1,8 +1,8 @@
 """Connect to a server exactly as ansible-playbook does, for the commands that talk to one directly (`logs`).
 
-The ssh command line is built by Ansible's own ssh connection plugin from the host's variables (as the inventory loader
-returns them: templates from the inventory are trusted and rendered, as in a task) and the
-project's ansible.cfg, as the task executor sets it up: `ansible_host`/`ansible_port`/`ansible_user`,
+The ssh command line is built by Ansible's own ssh connection plugin from the host's variables (as the
+inventory loader returns them: templates from the inventory are rendered, as in a task) and the project's
+ansible.cfg, as the task executor sets it up: `ansible_host`/`ansible_port`/`ansible_user`,
 `ansible_ssh_private_key_file`, `ansible_ssh_common_args` (a ProxyJump/bastion), `ansible_ssh_extra_args`,
 ansible.cfg's `ssh_args`, `host_key_checking` and `timeout`, and the same ControlPath (an open master
 connection of a run is reused). Privilege escalation (`ansible_become`) wraps the remote command in
