@@ -1,6 +1,6 @@
 """The role llava_pretrain (playbooks/train.yml, playbooks/train_stop.yml) on the shared 3-server simulated
 fleet (conftest's job_fleet: one card each, the real training image, the stand-in AscendCloud package and
-synthetic assets, validate, host, container and workspace already run). In file order:
+synthetic assets; the workspace built, by test_role_workspace or by this module's fixture). In file order:
 
 1. the 3-node job (one torchrun per server) with train_wait: finishes on every node, node 0's log is fetched
    and its loss falls, mm_projector.bin is saved, our pretrain_new.sh is byte-for-byte what
@@ -101,6 +101,8 @@ def fleet(job_fleet: harness.Fleet) -> Iterator[Fleet]:
         # A known pace (>= 0.3 s a step): the job must still run when the tests below act on it.
         train_env={**settings.get("train_env", {}), "LLAVA_SIM_STEP_PAUSE": "0.3"},
     )
+    # The workspace: test_role_workspace built it when it ran first; alone, this module builds it here.
+    job_fleet.run_play("validate", "workspace", name="workspace").assert_ok()
     yield Fleet(job_fleet, single)
     print(f"\ntest_role_train timings (s): {json.dumps(TIMINGS)}")
 

@@ -1,10 +1,7 @@
-"""The workspace play (llava_workspace + llava_assets) on a 3-server simulated fleet.
+"""The workspace play (llava_workspace + llava_assets) on the shared 3-server simulated fleet (conftest's
+job_fleet: the training container runs on every server, no workspace yet). The tests run in file order, each
+building on the state the previous one left, and leave a repaired, verified workspace for test_role_train:
 
-One fleet for the module (2 cores); the tests run in file order, each building on the state the previous one
-left:
-
-0. (fixture) validate + host + container: the training container runs on every server (a small stand-in
-   of the training image, see harness.small_training_image).
 1. From empty servers to a built workspace with verified assets: the package unpacked and built once as
    ma-user, playground/data/LLaVA-Pretrain, ownership, a manifest on every server whose fingerprints equal
    the control node's sources; the control node sent each asset once (to the seed), the seed the others.
@@ -20,7 +17,6 @@ left:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +48,8 @@ BUILD = "Run build.sh inside the training container as the image's user"
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Fleet]:
-    with harness.fleet_up(
-        "wsp", len(HOSTS), tmp_path_factory.mktemp("wsp"), docker=True, devices_per_host=1
-    ) as up:
-        harness.use_small_training_image(up)
-        up.run_play("validate", "host", "container").assert_ok()
-        yield up
+def fleet(job_fleet: harness.Fleet) -> harness.Fleet:
+    return job_fleet
 
 
 def manifest(fleet: harness.Fleet, host: str) -> dict[str, Any]:
