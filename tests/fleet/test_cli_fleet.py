@@ -76,11 +76,12 @@ def test_images_zip_is_unpacked_once_and_verified(fleet: harness.Fleet) -> None:
 def test_up_retry_touches_only_the_failed_server(fleet: harness.Fleet) -> None:
     first_dir, retry_dir = fleet.dir / "runs" / "up-first", fleet.dir / "runs" / "up-retry"
     fleet.set_host_vars("devserver-2", {"npu_driver_version": "0.0.1"})  # preflight fails there
-    common = ["-i", str(fleet.inventory), "--playbook", "playbooks/preflight.yml", "--plain", "--json"]
+    playbook = fleet.playbook("validate", "preflight")  # preflight reads the llava that validate sets
+    common = ["-i", str(fleet.inventory), "--playbook", str(playbook), "--plain", "--json"]
     first = fleet.llava("up", *common, "--run-dir", str(first_dir))
     assert first.returncode == 1, first.stderr[-3000:]
     summary = json.loads(first.stdout)
-    assert summary["hosts"]["devserver-1"]["failed"] == 0
+    assert summary["hosts"]["devserver-1"]["failed"] == 0, summary["hosts"]
     assert "driver version is" in " ".join(summary["hosts"]["devserver-2"]["failures"])
 
     fleet.set_host_vars("devserver-2", None)
