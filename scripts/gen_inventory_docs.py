@@ -127,7 +127,7 @@ in the group is the node rank; the first host is the training master. Start from
 
 ```bash
 llava-devserver validate -i inventory/devserver.ini     # exit 0 valid, 1 invalid, 2 unreadable
-llava-devserver validate -i inventory/devserver.ini --format json
+llava-devserver validate -i inventory/devserver.ini --json
 llava-devserver validate -i inventory/devserver.ini -e ascendcloud_package=/srv/AscendCloud-6.3.906-x.zip
 llava-devserver schema                                  # the JSON schema of the settings
 ```
@@ -171,7 +171,7 @@ RULES = """\
   "did you mean" hint; Ansible's own variables (`ansible_*`, `inventory_*`, `group_names`, ...)
   and variables of other tools are left alone.
 - Secrets (`container_registry_password`, `hf_token`) are never printed: not in errors, not in
-  `--format json`, not in the `llava` variable. Keep them in Ansible Vault
+  `--json`, not in the `llava` variable. Keep them in Ansible Vault
   (`--vault-password-file` for `validate`).
 """
 

@@ -41,8 +41,9 @@ import time
 from typing import Any
 
 try:  # in the package
-    from llava_devserver import assets_verify
-except ImportError:  # copied to a server beside assets_verify.py
+    from llava_devserver import assets_archive, assets_verify
+except ImportError:  # copied to a server beside assets_verify.py and assets_archive.py
+    import assets_archive  # type: ignore[no-redef]
     import assets_verify  # type: ignore[no-redef]
 
 MANIFEST_VERSION = 1
@@ -64,7 +65,11 @@ def _files(path: str) -> list[tuple[str, str]]:
     if os.path.isfile(path):
         return [("", path)]
     found = []
+    unpacked = set(assets_archive.unpacked_entries(path))  # what an archive of the folder created
     for root, dirs, names in os.walk(path):
+        if root == path and unpacked:
+            dirs[:] = [d for d in dirs if d not in unpacked]
+            names = [n for n in names if n not in unpacked]
         dirs.sort()
         for name in sorted(names):
             full = os.path.join(root, name)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 from llava_devserver import __version__
 
@@ -35,7 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="llava-devserver",
         description="Provision LLaVA pretraining on Huawei Cloud ModelArts Lite DevServers (Ascend Snt9B).",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument(
+        "--print-completion",
+        choices=("bash", "zsh"),
+        metavar="SHELL",
+        help="print a completion script (bash, zsh): source <(llava-devserver --print-completion bash)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -48,16 +57,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
+def version_text() -> str:
     try:
-        return int(args.func(args))
+        ansible_core = metadata.version("ansible-core")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a dependency
+        ansible_core = "not installed"
+    return f"llava-devserver {__version__} (ansible-core {ansible_core}, Python {sys.version.split()[0]})"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Before Ansible is imported: this process reads the ansible.cfg the playbook runs will read.
+    from llava_devserver.ansible_cli import use_project_config
+
+    use_project_config()
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.print_completion:
+            from llava_devserver.completion import completion_script
+
+            print(completion_script(parser, args.print_completion), end="")
+            return _flushed(EXIT_OK)
+        if not getattr(args, "func", None):
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        return _flushed(int(args.func(args)))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _flushed(code: int) -> int:
+    """Flush here, where a closed pipe is caught, not at interpreter exit (a traceback there)."""
+    sys.stdout.flush()
+    return code
+
+
+def _closed_pipe() -> int:
+    """The reader went away (`| head`): stop quietly, as cat does (exit 141 = 128 + SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # nothing more reaches the closed pipe at exit
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

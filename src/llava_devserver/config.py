@@ -129,6 +129,18 @@ class UnresolvedValue:
 # ------------------------------------------------------------------------------------------ value rules
 
 
+def parse_rolling_batch(value: Any) -> int | str:
+    """Ansible's `serial` as one value: a positive number of servers (`2`) or a percentage (`25%`)."""
+    text = str(value).strip()
+    if isinstance(value, bool):
+        raise ValueError("must be a number of servers (2) or a percentage (25%)")
+    if text.endswith("%") and text[:-1].strip().isdigit() and 1 <= int(text[:-1]) <= 100:
+        return f"{int(text[:-1])}%"
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise ValueError(f"must be a number of servers >= 1 (2) or a percentage 1%..100% (25%), got {value!r}")
+
+
 def check_address(value: str) -> str:
     """An IPv4/IPv6 address or an RFC 1123 host name."""
     try:
@@ -309,7 +321,7 @@ JOB_WIDE = (
     "llava_train_commit", "container_work_dir", "launcher", "master_port", "per_device_train_batch_size",
     "gradient_accumulation_steps", "global_batch_size", "learning_rate", "num_train_epochs", "max_steps",
     "save_steps", "model_max_length", "model_name_or_path", "vision_tower", "data_path", "image_folder",
-    "output_dir", "npu_count",
+    "output_dir", "npu_count", "rolling_batch", "max_fail_percentage",
 )  # fmt: skip
 
 
@@ -529,6 +541,27 @@ class Settings(BaseModel):
         "output_dir.",
         json_schema_extra=_scope("fleet"),
     )
+
+    rolling_batch: int | str | None = Field(
+        None,
+        description="Rolling batches of the plays that restart Docker or recreate containers (host, "
+        "container): servers per batch, a number (`2`) or a percentage of the play's servers (`25%`); "
+        "unset: all at once.",
+        json_schema_extra=_scope("fleet"),
+    )
+    max_fail_percentage: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Stop those plays when more than this percentage of a batch failed (0: at the first "
+        "failure); unset: a failed server stops only itself.",
+        json_schema_extra=_scope("fleet"),
+    )
+
+    @field_validator("rolling_batch", mode="before")
+    @classmethod
+    def _rolling_batch(cls, value: Any) -> Any:
+        return None if value is None else parse_rolling_batch(value)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -895,6 +928,8 @@ class HostSettings(BaseModel):
             "hf_endpoint": s.hf_endpoint,
             "hf_token_set": s.hf_token is not None,
             "assets": assets,
+            "rolling_batch": s.rolling_batch,
+            "max_fail_percentage": s.max_fail_percentage,
         }
 
 

@@ -128,9 +128,12 @@ def load_inventory(
     sources: str | Path | Sequence[str | Path],
     extra_vars: Mapping[str, Any] | None = None,
     vault_password_file: str | Path | None = None,
+    vault_secrets: Sequence[tuple[str, Any]] | None = None,
 ) -> FleetInventory:
     """The variables of every host of `devservers`, resolved by Ansible, in inventory order.
 
+    vault_secrets: Ansible's (vault id, secret) pairs as `ansible.cli.CLI.setup_vault_secrets` returns
+    them (the CLI's -J/--vault-id/--vault-password-file); vault_password_file: one password file.
     Raises InventoryError when the inventory cannot be read.
     """
     from ansible.errors import AnsibleError
@@ -147,7 +150,7 @@ def load_inventory(
             raise InventoryError(f"{path}: not readable")
 
     loader = DataLoader()
-    secrets: list[tuple[str, Any]] = []
+    secrets: list[tuple[str, Any]] = list(vault_secrets or [])
     if vault_password_file is not None:
         from ansible.parsing.vault import get_file_vault_secret
 

@@ -448,6 +448,54 @@ def _explain_not_reached(entries: list[dict[str, Any]]) -> None:
             entry["note"] += ". " + " ".join(about)
 
 
+EXTRA_VARS_FLAGS = ("-e", "--extra-vars")
+
+
+def censored_command(argv: Sequence[str]) -> str:
+    """The command line for the header, extra vars left out (they may hold secrets; @file names stay)."""
+    shown: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            shown.append(arg if arg.startswith("@") else "…")
+            hide_next = False
+        elif arg in EXTRA_VARS_FLAGS:
+            shown.append(arg)
+            hide_next = True
+        elif arg.startswith("--extra-vars="):
+            value = arg.split("=", 1)[1]
+            shown.append(arg if value.startswith("@") else "--extra-vars=…")
+        elif arg.startswith("-e") and not arg.startswith("--") and len(arg) > 2:
+            shown.append(arg if arg[2:].startswith("@") else "-e…")
+        else:
+            shown.append(os.path.basename(arg) if not shown else arg)
+    return " ".join(shown)
+
+
+def run_context(
+    cliargs: Mapping[str, Any],
+    argv: Sequence[str],
+    versions: Mapping[str, str],
+    llava: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The header of a report: ansible-playbook's options, versions, and the job's size and image."""
+    llava = llava or {}
+    tags = [t for t in cliargs.get("tags") or () if t != "all"]
+    return {
+        "check_mode": bool(cliargs.get("check")),
+        "diff": bool(cliargs.get("diff")),
+        "command": censored_command(argv),
+        "limit": cliargs.get("subset") or None,
+        "tags": tags or None,
+        "skip_tags": list(cliargs.get("skip_tags") or ()) or None,
+        "tool_version": versions.get("llava-devserver"),
+        "ansible_core": versions.get("ansible-core"),
+        "world_size": llava.get("world_size"),
+        "global_batch_size": llava.get("global_batch_size"),
+        "container_image": llava.get("container_image"),
+    }
+
+
 def build_report(
     run_dir: Path,
     outcomes: Sequence[HostOutcome],
@@ -456,12 +504,19 @@ def build_report(
     started: datetime | None = None,
     finished: datetime | None = None,
     plot: bool = True,
+    context: Mapping[str, Any] | None = None,
+    timings: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """The report as a JSON-ready dict; parses fetched job logs and draws loss.png when any has a loss."""
+    """The report as a JSON-ready dict; parses fetched job logs and draws loss.png when any has a loss.
+
+    context: the run's header (check mode, command, limit, tags, versions, world size, global batch,
+    image); timings: host -> role -> seconds its tasks took."""
     entries, curves = [], {}
     for outcome in outcomes:
         loss = _host_loss(run_dir, outcome.host)
         entries.append(_host_entry(outcome, loss))
+        seconds = (timings or {}).get(outcome.host) or {}
+        entries[-1]["seconds_by_role"] = {role: round(float(t), 2) for role, t in seconds.items()}
         if loss is not None and loss.log_points:
             curves[outcome.host] = loss.log_points
     _explain_not_reached(entries)
@@ -479,6 +534,7 @@ def build_report(
         "started": started.isoformat(timespec="seconds") if started else None,
         "finished": (finished or datetime.now(UTC)).isoformat(timespec="seconds"),
         "result": "ok" if healthy else "failed",
+        "context": jsonable(dict(context or {})),
         "totals": totals,
         "loss_png": loss_png,
         "hosts": entries,
@@ -504,12 +560,14 @@ COLUMNS = (
 )
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, markdown: bool = True) -> str:
     text = _one_line(_text(value)) if value is not None else ""
-    return text.replace("\\", "\\\\").replace("|", "\\|") or "–"
+    if markdown:
+        text = text.replace("\\", "\\\\").replace("|", "\\|")
+    return text or "–"
 
 
-def _row(entry: Mapping[str, Any]) -> list[str]:
+def _row(entry: Mapping[str, Any], markdown: bool = True) -> list[str]:
     failed = entry.get("failed_task") or {}
     remedy = entry.get("remedy") or {}
     task = failed.get("task")
@@ -520,9 +578,31 @@ def _row(entry: Mapping[str, Any]) -> list[str]:
         shown["step"] = f"{entry['step']}/{entry['total_steps']}"
     if entry.get("job") and isinstance(entry.get("samples_per_second"), int | float):
         shown["job"] = f"{entry['job']}, {entry['samples_per_second']:.1f} samples/s"
-    cells = [_cell(shown.get(key)) for _, key in COLUMNS if key]
-    cells += [_cell(task), _cell(failed.get("message") or entry.get("note")), _cell(remedy.get("fix"))]
+    cells = [_cell(shown.get(key), markdown) for _, key in COLUMNS if key]
+    cells += [
+        _cell(value, markdown)
+        for value in (task, failed.get("message") or entry.get("note"), remedy.get("fix"))
+    ]
     return cells
+
+
+def _header_lines(report: Mapping[str, Any]) -> list[str]:
+    """The context a ticket needs, one line each (report_html.context_rows, without the result)."""
+    from llava_devserver.report_html import context_rows
+
+    return [f"- {label}: {value}" for label, value in context_rows(report)[3:]]  # after result and times
+
+
+def _message_lines(report: Mapping[str, Any]) -> list[str]:
+    """Every failure message whole (the table cuts them)."""
+    lines: list[str] = []
+    for entry in report["hosts"]:
+        failed = entry.get("failed_task") or {}
+        if not failed.get("message"):
+            continue
+        task = f"{failed['role']} : {failed['task']}" if failed.get("role") else failed.get("task")
+        lines += ["", f"### {entry['host']}: {task}", "", "```", str(failed["message"]).rstrip(), "```"]
+    return ["", "## Messages", *lines] if lines else []
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -536,12 +616,22 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         + (f" Started {report['started']}," if report.get("started") else "")
         + f" finished {report['finished']}.",
         "",
+        *_header_lines(report),
+        "",
         "| " + " | ".join(title for title, _ in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]
     lines += ["| " + " | ".join(_row(entry)) + " |" for entry in report["hosts"]]
+    lines += _message_lines(report)
     if report.get("loss_png"):
-        lines += ["", f"![Training loss]({report['loss_png']})"]
+        # The relative link works beside the file; pasted elsewhere, the path and report.html still do.
+        path = Path(str(report.get("run_dir") or ".")) / str(report["loss_png"])
+        lines += [
+            "",
+            f"![Training loss]({report['loss_png']})",
+            "",
+            f"Loss curve: `{path}` (embedded in report.html)",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -554,6 +644,7 @@ class ReportPaths:
     json: Path
     markdown: Path
     loss_png: Path | None
+    html: Path | None = None
 
 
 def _update_latest(run_dir: Path) -> None:
@@ -574,14 +665,30 @@ def write_report(
     playbook: str | None = None,
     started: datetime | None = None,
     finished: datetime | None = None,
+    context: Mapping[str, Any] | None = None,
+    timings: Mapping[str, Mapping[str, float]] | None = None,
 ) -> ReportPaths:
+    from llava_devserver.report_html import render_html
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    report = build_report(run_dir, outcomes, playbook=playbook, started=started, finished=finished)
-    json_path, md_path = run_dir / "report.json", run_dir / "report.md"
+    report = build_report(
+        run_dir,
+        outcomes,
+        playbook=playbook,
+        started=started,
+        finished=finished,
+        context=context,
+        timings=timings,
+    )
+    json_path, md_path, html_path = run_dir / "report.json", run_dir / "report.md", run_dir / "report.html"
     json_path.write_text(json.dumps(report, indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8")
     md_path.write_text(render_markdown(report), encoding="utf-8")
+    columns = [title for title, _ in COLUMNS]
+    rows = [_row(entry, markdown=False) for entry in report["hosts"]]
+    html_path.write_text(render_html(report, run_dir, columns, rows), encoding="utf-8")
     _update_latest(run_dir)
-    return ReportPaths(run_dir, json_path, md_path, run_dir / "loss.png" if report["loss_png"] else None)
+    loss = run_dir / "loss.png" if report["loss_png"] else None
+    return ReportPaths(run_dir, json_path, md_path, loss, html_path)
 
 
 def order_hosts(

@@ -229,11 +229,14 @@ def run_playbook(
     vault_password_file: str | Path | None = None,
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    passwords: Mapping[str, str] | None = None,
 ) -> RunResult:
     """Run PLAYBOOK (relative to the project root, or absolute) against INVENTORY; see the module doc.
 
     extra_args: more ansible-playbook arguments (e.g. `--forks 4`); env: more environment variables of the
-    ansible-playbook process, over the project's own (e.g. a fact cache of one's own).
+    ansible-playbook process, over the project's own (e.g. a fact cache of one's own); passwords: answers
+    to ansible-playbook's prompts (regex -> text, e.g. the vault password of `--ask-vault-pass`), given
+    through ansible-runner's terminal, never a file or the command line.
     """
     import ansible_runner
 
@@ -281,6 +284,7 @@ def run_playbook(
             quiet=True,
             ident="ansible",
             suppress_env_files=True,
+            passwords=dict(passwords or {}),
         )
 
     # The artifact holds every byte ansible-playbook printed, also what came outside events.

@@ -176,20 +176,9 @@ def test_ssh_argv_uses_the_inventory_connection() -> None:
         "ansible_ssh_private_key_file": "/keys/id",
         "ansible_ssh_common_args": "-o StrictHostKeyChecking=no",
     }
-    argv = ssh_argv(variables, "ds-1", "tail x")
-    assert argv == [
-        "ssh",
-        "-o",
-        "BatchMode=yes",
-        "-p",
-        "2222",
-        "-i",
-        "/keys/id",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "root@10.0.0.5",
-        "tail x",
-    ]
+    argv = ssh_argv(variables, "ds-1", "tail x")  # Ansible's ssh plugin builds it: test_ansible_connect.py
+    assert argv[0] == "ssh" and argv[-2:] == ["10.0.0.5", "tail x"]
+    assert {"Port=2222", 'User="root"', 'IdentityFile="/keys/id"', "StrictHostKeyChecking=no"} <= set(argv)
     assert "tail -n 5 -F" in remote_log_command("/data/w", 5, follow=True)
 
 

@@ -106,7 +106,7 @@ def test_unreadable_inventory_exits_2(capsys: pytest.CaptureFixture[str], tmp_pa
 
 def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
-        main(["validate"])
+        main(["validate", "--no-such-option"])
     assert info.value.code == 2
     capsys.readouterr()
 

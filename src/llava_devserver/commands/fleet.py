@@ -25,7 +25,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from llava_devserver import config, inventory, trainlog
+from llava_devserver import ansible_cli, config, inventory, trainlog
+from llava_devserver.ansible_cli import add_inventory_options, add_json_option, add_play_options
 from llava_devserver.live import LiveDisplay
 from llava_devserver.runner import ProjectNotFoundError, RunResult, run_playbook
 
@@ -40,21 +41,10 @@ JOB_FILE = "job.json"  # under llava.state_dir (Contract 6)
 # ------------------------------------------------------------------------------------------- parsers
 
 
-def _common(parser: argparse.ArgumentParser, *, selection: bool = True) -> None:
-    parser.add_argument(
-        "-i", "--inventory", action="append", required=True, metavar="INVENTORY", help="inventory file or dir"
-    )
-    parser.add_argument(
-        "-e",
-        "--extra-vars",
-        action="append",
-        default=[],
-        metavar="VARS",
-        help="extra variables as ansible-playbook takes them (key=value, YAML/JSON, @file)",
-    )
-    parser.add_argument("--vault-password-file", metavar="FILE", help="to read vaulted variables")
+def _common(parser: argparse.ArgumentParser, *, selection: bool = True, tags: bool = False) -> None:
+    add_inventory_options(parser)
     if selection:
-        parser.add_argument("-l", "--limit", metavar="PATTERN", help="only these servers (Ansible pattern)")
+        add_play_options(parser, tags=tags)
     parser.add_argument("--plain", action="store_true", help="plain line updates even on a terminal")
     parser.add_argument(
         "--run-dir", type=Path, metavar="DIR", help="where the log and report go (default runs/<UTC time>)"
@@ -65,23 +55,29 @@ def register(subparsers: Any) -> None:
     up = subparsers.add_parser(
         "up", help="validate, then provision the fleet and start training (site.yml, live progress)"
     )
-    _common(up)
-    up.add_argument("-t", "--tags", metavar="TAGS", help="only these tags (comma list)")
-    up.add_argument("--skip-tags", metavar="TAGS", help="skip these tags (comma list)")
+    _common(up, tags=True)
     up.add_argument("-C", "--check", action="store_true", help="check mode: change nothing")
+    up.add_argument(
+        "--retry",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="RUN_DIR",
+        help="only the servers that failed or were unreachable in the latest report.json (or RUN_DIR's)",
+    )
     up.add_argument("--playbook", default=SITE, help=f"playbook of the project to run (default {SITE})")
+    add_json_option(up, "per-server summary as JSON on stdout (progress on stderr)")
     up.set_defaults(func=cmd_up)
 
     plan = subparsers.add_parser("plan", help="what `up` would change, per server (check mode + diff)")
-    _common(plan)
-    plan.add_argument("-t", "--tags", metavar="TAGS", help="only these tags (comma list)")
-    plan.add_argument("--skip-tags", metavar="TAGS", help="skip these tags (comma list)")
+    _common(plan, tags=True)
     plan.add_argument("--playbook", default=SITE, help=f"playbook of the project to run (default {SITE})")
+    add_json_option(plan, "per-server plan as JSON on stdout (progress on stderr)")
     plan.set_defaults(func=cmd_plan)
 
     status = subparsers.add_parser("status", help="NPU health, Docker, container and job of every server")
     _common(status)
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_option(status)
     status.set_defaults(func=cmd_status)
 
     logs = subparsers.add_parser("logs", help="the training log of node_rank 0 (the rank printing the loss)")
@@ -93,6 +89,7 @@ def register(subparsers: Any) -> None:
 
     down = subparsers.add_parser("down", help="stop the job and remove the training container (data stays)")
     _common(down)
+    add_json_option(down, "per-server summary as JSON on stdout (progress on stderr)")
     down.set_defaults(func=cmd_down)
 
 
@@ -108,19 +105,15 @@ class LoadedFleet:
 def load_fleet(args: argparse.Namespace) -> LoadedFleet | int:
     """Read and validate the inventory as `validate` does; an exit code when it is unreadable or wrong."""
     try:
-        loaded = inventory.load_inventory(
-            args.inventory,
-            extra_vars=inventory.parse_extra_vars(args.extra_vars),
-            vault_password_file=args.vault_password_file,
-        )
+        loaded = ansible_cli.load_inventory(args)
     except inventory.InventoryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         fleet = config.validate_fleet(loaded.hosts, loaded.origins)
     except config.FleetValidationError as exc:
-        for error in exc.errors:
-            print(str(error), file=sys.stderr)
+        for line in ansible_cli.validation_messages(exc.errors, args):
+            print(line, file=sys.stderr)
         print("nothing was run: fix the inventory (see `llava-devserver validate`)", file=sys.stderr)
         return EXIT_INVALID
     return LoadedFleet(hosts=loaded.hosts, settings={h.host: h.to_vars() for h in fleet.hosts})
@@ -149,11 +142,12 @@ def _play(
                 tags=getattr(args, "tags", None),
                 skip_tags=getattr(args, "skip_tags", None),
                 check=check,
-                diff=diff,
+                diff=diff or bool(getattr(args, "diff", None)),
                 extravars=args.extra_vars,
                 run_dir=getattr(args, "run_dir", None),
-                vault_password_file=args.vault_password_file,
                 on_event=display.on_event,
+                extra_args=ansible_cli.playbook_args(args),
+                passwords=ansible_cli.vault_setup(args).prompt_answers,
             )
     except ProjectNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -163,46 +157,145 @@ def _play(
     return result
 
 
-def _print_paths(result: RunResult) -> None:
+def _print_paths(result: RunResult, *, stream: Any = None) -> None:
+    stream = stream or sys.stdout
     if result.rc != 0 and not result.stats:  # ansible-playbook stopped before any host (syntax, missing file)
         tail = result.log_path.read_text(errors="replace").strip().splitlines()[-15:]
         print("\n".join(["ansible-playbook failed before reaching any host:", *tail]), file=sys.stderr)
-    print(f"Log: {result.log_path}")
+    print(f"Log: {result.log_path}", file=stream)
     report = result.run_dir / "report.md"
     if report.is_file():
-        print(f"Report: {report}")
+        print(f"Report: {report}", file=stream)
     for host, messages in result.failures.items():
         for message in messages:
             print(f"{host}: {message}", file=sys.stderr)
 
 
+def run_summary(result: RunResult, hosts: Sequence[str]) -> dict[str, Any]:
+    """`up`/`down --json`: the run and, per server, its recap counts, changed tasks and failures."""
+    report = result.run_dir / "report.json"
+    return {
+        "rc": result.exit_code,
+        "status": result.status,
+        "run_dir": str(result.run_dir),
+        "log": str(result.log_path),
+        "report": str(report) if report.is_file() else None,
+        "hosts": {
+            host: {
+                **(result.stats[host].to_dict() if host in result.stats else {"run": False}),
+                "changed_tasks": list(dict.fromkeys(result.changed_tasks.get(host, []))),
+                "failures": list(result.failures.get(host, [])),
+            }
+            for host in hosts
+            if host in result.stats or host in result.failures
+        },
+    }
+
+
+# -------------------------------------------------------------------------------------------- --retry
+
+RETRY_STATUSES = ("failed", "unreachable")
+
+
+def hosts_to_retry(report: Mapping[str, Any]) -> list[str]:
+    """The servers of a report.json that failed or were unreachable, in report order."""
+    return [
+        str(entry["host"])
+        for entry in report.get("hosts") or []
+        if isinstance(entry, Mapping) and entry.get("status") in RETRY_STATUSES
+    ]
+
+
+def retry_report(choice: str, runs: Path) -> Path:
+    """report.json of RUN_DIR, or of the latest run under RUNS (`--retry` alone); ValueError if none."""
+    from llava_devserver import report
+
+    run_dir = report.latest_run_dir(runs) if choice == "latest" else Path(choice)
+    if run_dir is None:
+        raise ValueError(f"--retry: {runs}: no run with a report yet")
+    path = run_dir / "report.json"
+    if not path.is_file():
+        raise ValueError(f"--retry: {path}: no such report")
+    return path
+
+
+def retry_limit(args: argparse.Namespace) -> str | int | None:
+    """`--retry`: the --limit of the servers to rerun; an exit code when there is nothing to do."""
+    if not args.retry:
+        return None
+    if args.limit:
+        print("error: --retry chooses the servers itself: drop --limit", file=sys.stderr)
+        return EXIT_USAGE
+    from llava_devserver.runner import find_project_root
+
+    try:
+        path = retry_report(args.retry, find_project_root() / "runs")
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, ProjectNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"error: --retry: {path}: cannot read: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    hosts = hosts_to_retry(report)
+    if not hosts:
+        print(f"nothing to retry: no server failed or was unreachable in {path}", file=sys.stderr)
+        return EXIT_OK
+    print(f"retrying {len(hosts)} server(s) of {path}: {', '.join(hosts)}", file=sys.stderr)
+    return ",".join(hosts)
+
+
 # -------------------------------------------------------------------------------------------- commands
 
 
+def _out_console(args: argparse.Namespace) -> Console:
+    """Progress on stderr when stdout carries JSON."""
+    return Console(stderr=True) if getattr(args, "json", False) else Console()
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    limit = retry_limit(args)
+    if isinstance(limit, int):
+        return limit
+    if limit is not None:
+        args.limit = limit
     fleet = load_fleet(args)
     if isinstance(fleet, int):
         return fleet
-    result = _play(args, args.playbook, list(fleet.settings), check=args.check)
+    result = _play(args, args.playbook, list(fleet.settings), check=args.check, console=_out_console(args))
     if isinstance(result, int):
         return result
-    _print_paths(result)
+    _print_paths(result, stream=sys.stderr if args.json else None)
+    if args.json:
+        print(json.dumps(run_summary(result, list(fleet.settings)), indent=2))
     return result.exit_code
+
+
+def plan_entries(result: RunResult, hosts: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per host: would it fail, was it run, which tasks would change (in order, each once)."""
+    entries: dict[str, dict[str, Any]] = {}
+    for host in hosts:
+        tasks = list(dict.fromkeys(result.changed_tasks.get(host, [])))
+        if host in result.failures:
+            state = "would fail"
+        elif host not in result.stats:
+            state = "not run"
+        else:
+            state = "changes" if tasks else "no changes"
+        entries[host] = {"plan": state, "changes": tasks, "failures": list(result.failures.get(host, []))}
+    return entries
 
 
 def plan_lines(result: RunResult, hosts: Sequence[str]) -> list[str]:
     """Per host: how many tasks would change and which (in order, each once), or that it would fail."""
     lines = []
-    for host in hosts:
-        tasks = list(dict.fromkeys(result.changed_tasks.get(host, [])))
-        if host in result.failures:
-            lines.append(f"{host}: would fail: {result.failures[host][0]}")
-        elif host not in result.stats:
-            lines.append(f"{host}: not run")
-        elif tasks:
-            lines.append(f"{host}: {len(tasks)} change(s): " + "; ".join(tasks))
+    for host, entry in plan_entries(result, hosts).items():
+        if entry["plan"] == "would fail":
+            lines.append(f"{host}: would fail: {entry['failures'][0]}")
+        elif entry["plan"] == "changes":
+            lines.append(f"{host}: {len(entry['changes'])} change(s): " + "; ".join(entry["changes"]))
         else:
-            lines.append(f"{host}: no changes")
+            lines.append(f"{host}: {entry['plan']}")
     return lines
 
 
@@ -210,12 +303,28 @@ def cmd_plan(args: argparse.Namespace) -> int:
     fleet = load_fleet(args)
     if isinstance(fleet, int):
         return fleet
-    result = _play(args, args.playbook, list(fleet.settings), check=True, diff=True, summary=False)
+    result = _play(
+        args,
+        args.playbook,
+        list(fleet.settings),
+        check=True,
+        diff=True,
+        summary=False,
+        console=_out_console(args),
+    )
     if isinstance(result, int):
         return result
     hosts = list(fleet.settings)
     if args.limit:
         hosts = [h for h in hosts if h in result.stats or h in result.failures]
+    if args.json:
+        _print_paths(result, stream=sys.stderr)
+        summary = run_summary(result, hosts)
+        summary["check"] = True
+        for host, entry in plan_entries(result, hosts).items():
+            summary["hosts"].setdefault(host, {}).update(entry)
+        print(json.dumps(summary, indent=2))
+        return result.exit_code
     print(f"Plan (check mode, nothing changed; the diffs are in {result.log_path}):")
     for line in plan_lines(result, hosts):
         print(f"  {line}")
@@ -340,10 +449,12 @@ def cmd_down(args: argparse.Namespace) -> int:
     fleet = load_fleet(args)
     if isinstance(fleet, int):
         return fleet
-    result = _play(args, DOWN_PLAYBOOK, list(fleet.settings))
+    result = _play(args, DOWN_PLAYBOOK, list(fleet.settings), console=_out_console(args))
     if isinstance(result, int):
         return result
-    _print_paths(result)
+    _print_paths(result, stream=sys.stderr if args.json else None)
+    if args.json:
+        print(json.dumps(run_summary(result, list(fleet.settings)), indent=2))
     return result.exit_code
 
 
@@ -367,21 +478,10 @@ def remote_log_command(state_dir: str, lines: int, follow: bool) -> str:
 
 
 def ssh_argv(variables: Mapping[str, Any], host: str, remote: str) -> list[str]:
-    """The command that runs REMOTE on HOST with its connection variables (local connection: bash)."""
-    if str(variables.get("ansible_connection", "ssh")) == "local":
-        return ["bash", "-c", remote]
-    argv = ["ssh", "-o", "BatchMode=yes"]
-    if variables.get("ansible_port"):
-        argv += ["-p", str(variables["ansible_port"])]
-    if variables.get("ansible_ssh_private_key_file"):
-        argv += ["-i", str(variables["ansible_ssh_private_key_file"])]
-    for name in ("ansible_ssh_common_args", "ansible_ssh_extra_args"):
-        if variables.get(name):
-            argv += shlex.split(str(variables[name]))
-    address = str(variables.get("ansible_host") or host)
-    user = variables.get("ansible_user")
-    argv += [f"{user}@{address}" if user else address, remote]
-    return argv
+    """The command that runs REMOTE on HOST as ansible-playbook connects (ansible_connect.remote_argv)."""
+    from llava_devserver.ansible_connect import remote_argv
+
+    return remote_argv(variables, host, remote)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -399,7 +499,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     remote = remote_log_command(str(fleet.settings[host]["state_dir"]), args.lines, args.follow)
-    argv = ssh_argv(fleet.hosts[host], host, remote)
+    try:
+        argv = ssh_argv(fleet.hosts[host], host, remote)
+    except ValueError as exc:  # a connection that cannot be used directly (password login, a plugin)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.follow:  # become the stream: Ctrl-C or a signal ends ssh/tail, not only this process
         sys.stdout.flush()
         try:

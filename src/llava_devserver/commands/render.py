@@ -7,12 +7,14 @@ from the same renderer the llava_pretrain role uses: what you read here is byte-
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from llava_devserver import config, inventory, pathrules
+from llava_devserver import ansible_cli, config, inventory, pathrules
+from llava_devserver.ansible_cli import add_inventory_options, add_json_option
 from llava_devserver.render import RenderError, render_job
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -25,33 +27,19 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "-i", "--inventory", action="append", required=True, metavar="INVENTORY", help="inventory file or dir"
-    )
+    add_inventory_options(parser)
     parser.add_argument("--host", metavar="H", help="only this server (inventory hostname)")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="output directory")
-    parser.add_argument(
-        "-e",
-        "--extra-vars",
-        action="append",
-        default=[],
-        metavar="VARS",
-        help="extra variables as ansible-playbook takes them (key=value, YAML/JSON, @file)",
-    )
-    parser.add_argument("--vault-password-file", metavar="FILE", help="to read vaulted variables")
+    add_json_option(parser, "print {host: [written files]} as JSON")
     parser.set_defaults(func=run)
 
 
-def render_fleet(
-    sources: list[str], extra_vars: list[str], vault_password_file: str | None
-) -> dict[str, dict[str, str]]:
+def render_fleet(args: argparse.Namespace) -> dict[str, dict[str, str]]:
     """host -> {relative path under llava_dir: content}, for every server in inventory order.
 
     Raises InventoryError, FleetValidationError or RenderError.
     """
-    loaded = inventory.load_inventory(
-        sources, extra_vars=inventory.parse_extra_vars(extra_vars), vault_password_file=vault_password_file
-    )
+    loaded = ansible_cli.load_inventory(args)
     fleet = config.validate_fleet(loaded.hosts, loaded.origins)
     return {host.host: render_job(host.to_vars()) for host in fleet.hosts}
 
@@ -95,13 +83,13 @@ def write_host_files(out_dir: Path, host: str, files: dict[str, str]) -> list[Pa
 
 def run(args: argparse.Namespace) -> int:
     try:
-        rendered = render_fleet(args.inventory, args.extra_vars, args.vault_password_file)
+        rendered = render_fleet(args)
     except inventory.InventoryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except config.FleetValidationError as exc:
-        for error in exc.errors:
-            print(f"error: {error}", file=sys.stderr)
+        for line in ansible_cli.validation_messages(exc.errors, args):
+            print(line if line.startswith("hint:") else f"error: {line}", file=sys.stderr)
         print("nothing rendered: fix the inventory (see `llava-devserver validate`)", file=sys.stderr)
         return EXIT_INVALID
     except RenderError as exc:
@@ -115,14 +103,18 @@ def run(args: argparse.Namespace) -> int:
             )
             return EXIT_USAGE
         rendered = {args.host: rendered[args.host]}
+    written: dict[str, list[str]] = {}
     try:
         for host, files in rendered.items():
-            for path in write_host_files(args.output, host, files):
-                print(path)
+            written[host] = [str(path) for path in write_host_files(args.output, host, files)]
+            if not args.json:
+                print("\n".join(written[host]))
     except RenderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
         print(f"error: {exc.filename}: cannot write: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
+    if args.json:
+        print(json.dumps(written, indent=2))
     return EXIT_OK

@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from llava_devserver.ansible_cli import add_inventory_options, add_json_option
+
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
 
@@ -17,40 +19,38 @@ def register(subparsers: Any) -> None:
         description="Read the inventory as Ansible does and check every setting of the group devservers. "
         "Exit 0: valid; 1: invalid; 2: unreadable inventory or wrong command line.",
     )
+    add_inventory_options(validate)
+    add_json_option(validate, "print {valid, unreadable, errors, hosts} as JSON")
     validate.add_argument(
-        "-i", "--inventory", action="append", required=True, metavar="INVENTORY", help="file or directory"
-    )
-    validate.add_argument(
-        "-e",
-        "--extra-vars",
-        action="append",
-        default=[],
-        metavar="VARS",
-        help="override settings as ansible-playbook -e does: key=value, YAML/JSON, or @file",
-    )
-    validate.add_argument("--vault-password-file", metavar="FILE", help="to read vault-encrypted settings")
-    validate.add_argument("--format", choices=("text", "json"), default="text")
+        "--format", choices=("text", "json"), default=None, help=argparse.SUPPRESS
+    )  # deprecated spelling of --json
     validate.add_argument(
         "--show", action="store_true", help="text format: also print the normalized settings (no secrets)"
     )
     validate.set_defaults(func=run_validate)
 
     schema = subparsers.add_parser("schema", help="print the JSON schema of the settings")
+    add_json_option(schema, "JSON (the only format; accepted for uniformity)")
     schema.set_defaults(func=run_schema)
+
+
+def wants_json(args: argparse.Namespace) -> bool:
+    if args.format is not None:
+        print("warning: --format is deprecated: use --json (or nothing for text)", file=sys.stderr)
+    return bool(args.json) or args.format == "json"
 
 
 def run_validate(args: argparse.Namespace) -> int:
     # Imported here: building the CLI parser should not pay for pydantic and Ansible.
+    from llava_devserver import ansible_cli
     from llava_devserver.config import FleetValidationError, validate_fleet
-    from llava_devserver.inventory import InventoryError, load_inventory, parse_extra_vars
+    from llava_devserver.inventory import InventoryError
 
+    as_json = wants_json(args)
     try:
-        extra = parse_extra_vars(args.extra_vars)
-        inventory = load_inventory(
-            args.inventory, extra_vars=extra, vault_password_file=args.vault_password_file
-        )
+        inventory = ansible_cli.load_inventory(args)
     except InventoryError as exc:
-        if args.format == "json":
+        if as_json:
             print(json.dumps({"valid": False, "unreadable": str(exc), "errors": [], "hosts": {}}, indent=2))
         else:
             print(f"error: {exc}", file=sys.stderr)
@@ -58,16 +58,21 @@ def run_validate(args: argparse.Namespace) -> int:
     try:
         fleet = validate_fleet(inventory.hosts, inventory.origins)
     except FleetValidationError as exc:
-        if args.format == "json":
+        lines = ansible_cli.validation_messages(exc.errors, args)
+        if as_json:
             errors = [e.as_dict() for e in exc.errors]
-            print(json.dumps({"valid": False, "unreadable": None, "errors": errors, "hosts": {}}, indent=2))
+            hint = lines[len(exc.errors) :]
+            report: dict[str, Any] = {"valid": False, "unreadable": None, "errors": errors, "hosts": {}}
+            print(json.dumps(report | ({"hint": hint[0]} if hint else {}), indent=2))
         else:
-            for error in exc.errors:
-                print(error)
+            for line in lines[: len(exc.errors)]:
+                print(line)
+            for line in lines[len(exc.errors) :]:
+                print(line, file=sys.stderr)
             print(f"{len(exc.errors)} error(s) in {', '.join(inventory.sources)}", file=sys.stderr)
         return EXIT_INVALID
     llava = fleet.to_vars()
-    if args.format == "json":
+    if as_json:
         print(json.dumps({"valid": True, "unreadable": None, "errors": [], "hosts": llava}, indent=2))
     else:
         first = fleet.hosts[0]

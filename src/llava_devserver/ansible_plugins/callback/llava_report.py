@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,10 @@ description:
     logs into C($LLAVA_RUN_DIR/logs/<inventory_hostname>/train.log).
   - Records per host the ok/changed/failed/unreachable/skipped counts, the task that stopped the host and
     every fact whose name starts with C(llava_report_). Results of C(no_log) tasks are never recorded.
-  - At the end writes report.json, report.md and loss.png, updates C(runs/latest) and prints the path.
+  - Also records each host's time per role and the run's context (check mode, command, limit, tags,
+    versions, and world size, global batch and image from the validated C(llava) settings).
+  - At the end writes report.json, report.md, report.html and loss.png, updates C(runs/latest) and prints
+    the path.
 requirements:
   - the llava_devserver package (importable, or this file inside its source tree)
 """
@@ -72,6 +76,16 @@ def _failure_message(data: dict[str, Any]) -> str:
     return message
 
 
+def _context(llava: dict[str, Any] | None) -> dict[str, Any]:
+    from ansible import context
+    from ansible.release import __version__ as ansible_core
+
+    from llava_devserver import __version__
+
+    versions = {"llava-devserver": __version__, "ansible-core": ansible_core}
+    return report.run_context(dict(context.CLIARGS), sys.argv, versions, llava)
+
+
 def _base_dir(playbook: Any) -> Path:
     base = Path(getattr(playbook, "_basedir", None) or os.getcwd()).resolve()
     # playbooks/<x>.yml run alone write beside site.yml, like a run of site.yml does.
@@ -95,6 +109,9 @@ class CallbackModule(CallbackBase):
         self.seen: list[str] = []
         self.failed: dict[str, report.FailedTask] = {}
         self.facts: dict[str, dict[str, Any]] = {}
+        self.llava: dict[str, Any] | None = None  # the first validated settings seen (the job's size, image)
+        self.timings: dict[str, dict[str, float]] = {}  # host -> role -> seconds
+        self._task_started = time.monotonic()
 
     # ---- run directory -----------------------------------------------------------------------------------
 
@@ -125,6 +142,15 @@ class CallbackModule(CallbackBase):
 
     # ---- per-task results ----------------------------------------------------------------------------------
 
+    def v2_playbook_on_task_start(self, task: Any, is_conditional: bool) -> None:
+        self._task_started = time.monotonic()
+
+    def _time(self, result: Any) -> None:
+        """A host's share of a task: from the task's start to its result (the linear strategy's view)."""
+        role = _role_name(result._task) or "(play tasks)"
+        host = self.timings.setdefault(str(result._host.get_name()), {})
+        host[role] = host.get(role, 0.0) + max(0.0, time.monotonic() - self._task_started)
+
     def _host(self, result: Any) -> str:
         name = str(result._host.get_name())
         if name not in self.seen:
@@ -133,6 +159,7 @@ class CallbackModule(CallbackBase):
 
     def v2_runner_on_ok(self, result: Any) -> None:
         host = self._host(result)
+        self._time(result)
         if _is_no_log(result):
             return
         data = result._result
@@ -141,6 +168,8 @@ class CallbackModule(CallbackBase):
         for facts in sources:
             if not isinstance(facts, dict):
                 continue
+            if self.llava is None and isinstance(facts.get("llava"), dict):
+                self.llava = dict(facts["llava"])
             for name, value in facts.items():
                 if str(name).startswith(report.FACT_PREFIX):
                     self.facts.setdefault(host, {})[str(name)[len(report.FACT_PREFIX) :]] = value
@@ -156,16 +185,19 @@ class CallbackModule(CallbackBase):
         )
 
     def v2_runner_on_failed(self, result: Any, ignore_errors: bool = False) -> None:
+        self._time(result)
         if ignore_errors:
             self._host(result)
             return
         self._record_failure(result, _failure_message(result._result))
 
     def v2_runner_on_unreachable(self, result: Any) -> None:
+        self._time(result)
         self._record_failure(result, _message(result._result))
 
     def v2_runner_on_skipped(self, result: Any) -> None:
         self._host(result)
+        self._time(result)
 
     # ---- the report ----------------------------------------------------------------------------------------
 
@@ -191,7 +223,12 @@ class CallbackModule(CallbackBase):
             )
         try:
             paths = report.write_report(
-                self.run_dir, outcomes, playbook=self.playbook_name, started=self.started
+                self.run_dir,
+                outcomes,
+                playbook=self.playbook_name,
+                started=self.started,
+                context=_context(self.llava),
+                timings=self.timings,
             )
         except Exception as exc:  # a broken report must not hide the run's own result
             self._display.warning(f"llava_report: could not write the fleet report in {self.run_dir}: {exc}")

@@ -91,9 +91,10 @@ def llava_host_path(container_path: str, llava: Mapping[str, Any]) -> str:
 
 
 def llava_assets_python_files(_: Any = None) -> dict[str, str]:
-    from llava_devserver import assets_manifest, assets_verify, fanout_receive
+    from llava_devserver import assets_archive, assets_manifest, assets_verify, fanout_receive
 
     return {
+        "assets_archive.py": str(assets_archive.__file__),
         "assets_manifest.py": str(assets_manifest.__file__),
         "assets_verify.py": str(assets_verify.__file__),
         assets_plan.FANOUT_RECEIVER: str(fanout_receive.__file__),
