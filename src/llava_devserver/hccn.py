@@ -132,7 +132,8 @@ def parse_tls(text: str) -> dict[str, Any]:
         raise HccnParseError("hccn_tool -tls -g: no `tls switch[N]` field")
     if len(switches) > 1 or not switches <= {0, 1}:
         raise HccnParseError(
-            f"hccn_tool -tls -g: expected one switch of 0 or 1, found {sorted(switches)} (parse one card at a time)"
+            f"hccn_tool -tls -g: expected one switch of 0 or 1, found {sorted(switches)}"
+            " (parse one card at a time)"
         )
     return {"kind": "tls", "switch": switches.pop()}
 
@@ -201,8 +202,8 @@ def detect_kind(text: str) -> str:
             return kind
     _raise_if_tool_error(text)
     raise HccnParseError(
-        "not an hccn_tool output (expected -ip -g, -link -g, -net_health -g, -tls -g, -ping -g or -link_stat -g):"
-        f" {_first_line(text)!r}"
+        "not an hccn_tool output (expected -ip -g, -link -g, -net_health -g, -tls -g, -ping -g or"
+        f" -link_stat -g): {_first_line(text)!r}"
     )
 
 
