@@ -16,6 +16,11 @@ inventory name (`devserver-2`), its number (`2`) or `all`.
   execs runc, so the engine works).
 - `device-bound[=NPU]`: docker-preinstalled + a running container `other-user-job` that holds
   /dev/davinciNPU (default 0).
+- The NPUs' own network (`hccn_tool`, see sim/device_network.py): `hccn-link-down[=CARD]` (the card's
+  port is DOWN), `hccn-no-ip[=CARD]`, `hccn-tls-on[=CARD]`, `hccn-dup-ip[=CARD]` (the device IP of the
+  same card of the first server), `hccn-unhealthy[=CARD]` (net health Fault), `hccn-ping-loss=PCT`
+  (pings from this server to the others lose PCT %). Applying one re-publishes the server's ports to
+  every server of the fleet, whose `hccn_tool -ping` then sees the change.
 
 Card and driver faults are edits of the npu-smi state file (/etc/npu-sim/state.json) followed by
 `npu-sim-sync`, which makes /dev and the driver tree match it; they survive a restart of the server.
@@ -32,6 +37,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from docker.models.containers import Container
+
+from llava_devserver.sim import device_network
 
 STATE_PATH = "/etc/npu-sim/state.json"
 ASCEND_RUNTIME = "/usr/local/Ascend/Ascend-Docker-Runtime/ascend-docker-runtime"
@@ -50,11 +57,12 @@ FAULT_KINDS: dict[str, str] = {
     "ip-forward-0": "net.ipv4.ip_forward=0, also in /etc/sysctl.conf",
     "docker-preinstalled": "docker.io running with an Ascend-runtime daemon.json",
     "device-bound": "docker-preinstalled + container other-user-job holding /dev/davinciNPU (default 0)",
+    **device_network.HCCN_FAULTS,
 }
 # Faults whose server is best started from the image with docker.io already installed.
 DOCKER_FAULTS = frozenset({"docker-preinstalled", "device-bound"})
-_NEEDS_VALUE = frozenset({"driver-version"})
-_INT_VALUE = frozenset({*HEALTH_FAULTS, "fewer-cards", "device-bound"})
+_NEEDS_VALUE = frozenset({"driver-version", "hccn-ping-loss"})
+_INT_VALUE = frozenset({*HEALTH_FAULTS, "fewer-cards", "device-bound", *device_network.HCCN_FAULTS})
 _NO_VALUE = frozenset({"driver-missing", "npu-smi-8005", "ip-forward-0", "docker-preinstalled"})
 
 
@@ -134,12 +142,26 @@ def edit_state(state: dict[str, Any], fault: Fault) -> dict[str, Any]:
         new["npu_smi_version"] = fault.value
     elif fault.kind == "npu-smi-8005":
         new["error"] = "-8005"
+    elif fault.kind in device_network.HCCN_FAULTS:
+        try:
+            new = device_network.apply_hccn_fault(new, fault.kind, fault.value)
+        except ValueError as exc:
+            raise FaultError(f"fault {fault}: {exc}") from exc
     else:
         raise FaultError(f"fault {fault} is not a state fault")
     return new
 
 
-STATE_FAULTS = frozenset({*HEALTH_FAULTS, "fewer-cards", "driver-missing", "driver-version", "npu-smi-8005"})
+STATE_FAULTS = frozenset(
+    {
+        *HEALTH_FAULTS,
+        "fewer-cards",
+        "driver-missing",
+        "driver-version",
+        "npu-smi-8005",
+        *device_network.HCCN_FAULTS,
+    }
+)
 
 
 # --- applying to a running server -------------------------------------------------------------------------
@@ -185,6 +207,8 @@ def apply_fault(container: Container, fault: Fault) -> None:
     """Apply one fault to a running simulated server (idempotent)."""
     if fault.kind in STATE_FAULTS:
         write_state(container, edit_state(read_state(container), fault))
+        if fault.kind in device_network.HCCN_FAULTS:
+            publish_device_network(container)
     elif fault.kind == "ip-forward-0":
         run_in(
             container,
@@ -200,6 +224,24 @@ def apply_fault(container: Container, fault: Fault) -> None:
         _bind_device(container, fault.npu)
     else:  # parse_fault keeps this unreachable
         raise FaultError(f"unknown fault {fault}")
+
+
+def publish_device_network(container: Container) -> None:
+    """Rebuild every running server's view of the fleet's device ports (`hccn_fleet`) from their own.
+
+    Servers not running yet are left out; `sim up` publishes once more when all are up.
+    """
+    from llava_devserver.sim.fleet import FLEET_LABEL, HOST_LABEL  # fleet imports this module
+
+    fleet = container.labels.get(FLEET_LABEL)
+    if not fleet:
+        return
+    peers = container.client.containers.list(filters={"label": [f"{FLEET_LABEL}={fleet}", HOST_LABEL]})
+    states = {_name(peer): read_state(peer) for peer in peers}
+    by_name = {_name(peer): peer for peer in peers}
+    for host, state in device_network.publish(states).items():
+        if state != states[host]:
+            put_file(by_name[host], STATE_PATH, (json.dumps(state, indent=2) + "\n").encode())
 
 
 DAEMON_JSON = {

@@ -27,8 +27,9 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
+from llava_devserver.sim import device_network
 from llava_devserver.sim import image as sim_image
-from llava_devserver.sim.faults import DOCKER_FAULTS, Fault, apply_fault, put_file
+from llava_devserver.sim.faults import DOCKER_FAULTS, Fault, apply_fault, publish_device_network, put_file
 from llava_devserver.sim.inventory import SimHost, SimJob, sim_group_vars, write_inventory
 from llava_devserver.sim.registry import ensure_registry, push_image, registry_settings, remove_registry
 
@@ -132,7 +133,13 @@ def _address(container: Container, fleet: str) -> str:
 
 
 def _create_server(
-    client: docker.DockerClient, fleet: str, index: int, image: str, npus: int, faults: list[Fault]
+    client: docker.DockerClient,
+    fleet: str,
+    index: int,
+    image: str,
+    npus: int,
+    faults: list[Fault],
+    n_hosts: int,
 ) -> Container:
     name = host_name(index)
     labels = {
@@ -169,9 +176,11 @@ def _create_server(
         },
     )
     # The state is there before boot so that npu-sim-init creates the hardware it describes.
-    put_file(
-        container, "/etc/npu-sim/state.json", (json.dumps(default_state(npus), indent=2) + "\n").encode()
+    state = default_state(npus)
+    state.update(
+        device_network.initial_network([host_name(i) for i in range(1, n_hosts + 1)], index, range(npus))
     )
+    put_file(container, "/etc/npu-sim/state.json", (json.dumps(state, indent=2) + "\n").encode())
     return container
 
 
@@ -300,7 +309,7 @@ def fleet_up(
             host_faults = faults.get(name, [])
             wants_docker = any(f.kind in DOCKER_FAULTS for f in host_faults)
             image = docker_image if wants_docker and docker_image else server_image
-            container = _create_server(client, fleet, index, image, npus, host_faults)
+            container = _create_server(client, fleet, index, image, npus, host_faults, n_hosts)
         else:
             if faults.get(name):
                 log(f"sim: {name} already exists; faults apply to the running server")
@@ -318,6 +327,9 @@ def fleet_up(
 
     with ThreadPoolExecutor(max_workers=min(n_hosts, 8)) as pool:
         results = list(pool.map(start, range(1, n_hosts + 1)))
+    # Faults applied in parallel above each published a partial view of the device network.
+    if any(f.kind in device_network.HCCN_FAULTS for host_faults in faults.values() for f in host_faults):
+        publish_device_network(server(fleet, host_name(1)))
     timings["servers"] = time.monotonic() - mark
     sim_hosts = [host for host, _ in results]
     created = sum(1 for _, was_created in results if was_created)
