@@ -82,6 +82,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _VERSION = re.compile(r"^[0-9][0-9A-Za-z.+-]*$")
+_IFNAME_ITEM = re.compile(r"^(?:\^?=)?[A-Za-z0-9_.:-]{1,15}$")
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -330,6 +331,32 @@ class Settings(BaseModel):
         description="Expected NPU driver version, e.g. `23.0.5` (quote it in YAML); unset: not checked.",
         json_schema_extra=_scope("fleet"),
     )
+    npu_ecc_errors_max: int = Field(
+        0,
+        ge=0,
+        description="Uncorrectable (double-bit) HBM/DDR ECC errors a card may have counted "
+        "(`npu-smi info -t ecc`, where the driver has it); more fails the preflight.",
+        json_schema_extra=_scope("fleet"),
+    )
+    npu_link_flaps_max: int = Field(
+        3,
+        ge=0,
+        description="Link-down events a card's device port may have recorded (`hccn_tool -link_stat -g`) "
+        "in a multi-node fleet; more fails the preflight.",
+        json_schema_extra=_scope("fleet"),
+    )
+    hccl_if_ip: str | None = Field(
+        None,
+        description="HCCL_IF_IP of the job: this server's address for HCCL's host-side traffic; unset (and "
+        "no hccl_socket_ifname): the address of the server's route to the master, found at launch.",
+        json_schema_extra=_scope("host"),
+    )
+    hccl_socket_ifname: str | None = Field(
+        None,
+        description="HCCL_SOCKET_IFNAME of the job: interface name prefixes, comma-separated (`eth`, "
+        "`=eth0` exact, `^=docker0` excluded); hccl_if_ip wins when both are set.",
+        json_schema_extra=_scope("host"),
+    )
     # --- the container
     work_dir: str = Field(
         "/data/llava-devserver",
@@ -492,6 +519,29 @@ class Settings(BaseModel):
     @classmethod
     def _address(cls, value: Any) -> Any:
         return check_address(value) if isinstance(value, str) else value
+
+    @field_validator("hccl_if_ip")
+    @classmethod
+    def _hccl_if_ip(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value.strip()))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address (HCCL_IF_IP takes one address)") from None
+
+    @field_validator("hccl_socket_ifname")
+    @classmethod
+    def _hccl_socket_ifname(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        items = [item.strip() for item in value.split(",")]
+        if not all(_IFNAME_ITEM.match(item) for item in items):
+            raise ValueError(
+                f"{value!r}: expected interface names or prefixes of at most 15 characters, comma-separated, "
+                "each optionally starting with = (exact) or ^= (exclude), e.g. eth0 or =eth0,=eth1"
+            )
+        return ",".join(items)
 
     @field_validator("npu_devices", mode="before")
     @classmethod
@@ -685,6 +735,10 @@ class HostSettings(BaseModel):
             "npu_count": s.npu_count,
             "npu_devices": s.devices,
             "npu_driver_version": s.npu_driver_version,
+            "npu_ecc_errors_max": s.npu_ecc_errors_max,
+            "npu_link_flaps_max": s.npu_link_flaps_max,
+            "hccl_if_ip": s.hccl_if_ip,
+            "hccl_socket_ifname": s.hccl_socket_ifname,
             "work_dir": s.work_dir,
             "container_work_dir": s.container_work_dir,
             "container_name": s.container_name,
