@@ -37,6 +37,7 @@ GUIDE_IMAGE = (
 )
 LLAVA_TRAIN_COMMIT = "5d8f1760c08b7dfba3ae97b71cbd4c6f17d12dbd"
 CANN_SET_ENV = "/usr/local/Ascend/ascend-toolkit/set_env.sh"
+HCCN_TOOL = "/usr/local/Ascend/driver/tools/hccn_tool"  # the driver's tool for the NPUs' RoCE ports
 MA_USER_HOME = "/home/ma-user"
 DEFAULT_TRAIN_ENV: dict[str, str] = {
     "HCCL_CONNECT_TIMEOUT": "1200",
@@ -772,6 +773,7 @@ class HostSettings(BaseModel):
             "train_wait": s.train_wait,
             "train_restart": s.train_restart,
             "cann_set_env": CANN_SET_ENV,
+            "hccn_tool": HCCN_TOOL,
             "metadata_guard": s.metadata_guard,
             "hf_endpoint": s.hf_endpoint,
             "hf_token_set": s.hf_token is not None,

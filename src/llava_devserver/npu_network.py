@@ -24,33 +24,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llava_devserver import hccn
+from llava_devserver.sections import card_sections, split_sections
 
 PORT_OPERATIONS = ("ip", "link", "net_health", "tls")
 HEALTH_OK = ("Success",)
 HEALTH_NOT_SET = ("Init",)  # no detect IP set: net health is not judged
 DEFAULT_NETMASK = "255.255.255.0"
 TOOL_MISSING_MARK = "### hccn_tool missing"
-
-_SECTION_RE = re.compile(r"^### (card (\d+) (\w+)|ping (\d+) (\S+))\s*$")
-
-
-def _sections(text: str) -> list[tuple[tuple[str, ...], str]]:
-    """`### ...` headed sections of a script's output, in order: [((kind, card, op|address), body)]."""
-    out: list[tuple[tuple[str, ...], str]] = []
-    key: tuple[str, ...] | None = None
-    body: list[str] = []
-    for line in str(text).replace("\r\n", "\n").split("\n"):
-        match = _SECTION_RE.match(line)
-        if match:
-            if key is not None:
-                out.append((key, "\n".join(body)))
-            key = ("card", match.group(2), match.group(3)) if match.group(2) else ("ping", *match.group(4, 5))
-            body = []
-        elif key is not None:
-            body.append(line)
-    if key is not None:
-        out.append((key, "\n".join(body)))
-    return out
 
 
 def parse_ports(text: str, cards: Sequence[int], tool: str = "hccn_tool") -> dict[str, Any]:
@@ -65,7 +45,9 @@ def parse_ports(text: str, cards: Sequence[int], tool: str = "hccn_tool") -> dic
             ],
         }
     found: dict[tuple[int, str], str] = {
-        (int(key[1]), key[2]): body for key, body in _sections(text) if key[0] == "card"
+        (int(words[1]), words[2]): body
+        for words, body in split_sections(text)
+        if len(words) == 3 and words[0] == "card" and words[1].isdigit()
     }
     ports = []
     for card in cards:
@@ -101,10 +83,10 @@ def parse_ports(text: str, cards: Sequence[int], tool: str = "hccn_tool") -> dic
 def parse_pings(text: str) -> list[dict[str, Any]]:
     """The pings of one server: [{card, address, transmitted, received, loss_pct, error}]."""
     pings = []
-    for key, body in _sections(text):
-        if key[0] != "ping":
+    for words, body in split_sections(text):
+        if len(words) != 3 or words[0] != "ping" or not words[1].isdigit():
             continue
-        entry: dict[str, Any] = {"card": int(key[1]), "address": key[2], "error": None}
+        entry: dict[str, Any] = {"card": int(words[1]), "address": words[2], "error": None}
         try:
             parsed = hccn.parse_hccn(body, kind="ping")
             entry.update({k: parsed[k] for k in ("transmitted", "received", "loss_pct")})
@@ -374,3 +356,34 @@ def nic_problems(
                     f"({', '.join(names) or 'none found'})"
                 )
     return problems
+
+
+def link_flap_problems(text: str, max_flaps: int, tool: str = "hccn_tool") -> list[str]:
+    """Cards whose port went down more than `max_flaps` times (`### card N link_stat` sections of
+    `hccn_tool -i N -link_stat -g`). Unreadable sections say nothing: npu_network reports the tool."""
+    problems = []
+    for card, body in sorted(card_sections(text, "link_stat").items()):
+        try:
+            stat = hccn.parse_hccn(body, kind="link_stat")
+        except hccn.HccnParseError:
+            continue
+        if stat["down_count"] > max_flaps:
+            last = next((r["time"] for r in stat["records"] if r["status"] == "DOWN"), None)
+            problems.append(
+                f"NPU {card}: its device port went down {stat['down_count']} times"
+                + (f" (last {last})" if last else "")
+                + f", more than npu_link_flaps_max {max_flaps}: a flapping link breaks HCCL mid-job; check "
+                f"the optical module ({tool} -i {card} -optical -g), the cable and the switch port"
+            )
+    return problems
+
+
+def link_flaps(text: str) -> dict[int, int | None]:
+    """Link-down count per card, for the report (None: unreadable)."""
+    out: dict[int, int | None] = {}
+    for card, body in card_sections(text, "link_stat").items():
+        try:
+            out[card] = int(hccn.parse_hccn(body, kind="link_stat")["down_count"])
+        except hccn.HccnParseError:
+            out[card] = None
+    return out

@@ -52,6 +52,7 @@ def write_fleet(tmp_path: Path, hosts: list[str], fault_texts: list[str]) -> Pat
             "npu_network_ping_timeout_s": 10,
             "llava": {
                 "npu_devices": CARDS,
+                "hccn_tool": "/nonexistent/hccn_tool",  # npu_network_hccn_tool above wins
                 "nnodes": len(hosts),
                 "hccl_if_ip": None,
                 "hccl_socket_ifname": None,

@@ -31,6 +31,7 @@ HCCN_FAULTS: dict[str, str] = {
     "hccn-tls-on": "card CARD (default 0) has the TLS switch on",
     "hccn-dup-ip": "card CARD (default 0) has the device IP of the same card of the first server",
     "hccn-unhealthy": "card CARD (default 0) reports net health Fault",
+    "hccn-link-flaps": "card CARD's (default 0) port went down and up 5 times; its link is UP now",
     "hccn-ping-loss": "pings from this server to the others lose PCT % (required)",
 }
 
@@ -111,6 +112,13 @@ def apply_hccn_fault(state: Mapping[str, Any], kind: str, value: str | None) -> 
         if port["link"] != "DOWN":
             port["link"] = "DOWN"
             port.setdefault("link_events", []).append([int(time.time()), "DOWN"])
+    elif kind == "hccn-link-flaps":
+        now = int(time.time())
+        for flap in range(5):
+            port.setdefault("link_events", []).extend(
+                [[now - 60 * (5 - flap), "DOWN"], [now - 60 * (5 - flap) + 2, "UP"]]
+            )
+        port["link"] = "UP"
     elif kind == "hccn-no-ip":
         port["ip"] = None
         port["netmask"] = None

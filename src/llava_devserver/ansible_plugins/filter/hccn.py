@@ -7,6 +7,8 @@
 - `{{ ports | hccn_report(pings, problems) }}`: the report's view of one server's device network.
 - `{{ llava.hccl_if_ip | hccn_nic_problems(llava.hccl_socket_ifname, ip_addr_text, interfaces) }}`: the
   HCCL host NIC settings against this server's addresses and interfaces.
+- `{{ out.stdout | hccn_link_flap_problems(max_flaps, tool) }}` over `### card N link_stat` sections;
+  `{{ out.stdout | hccn_link_flaps }}`: link-down count per card.
 - `{{ text | hccn_parse(kind) }}`: one `hccn_tool` output as a dict (`llava_devserver.hccn`).
 """
 
@@ -53,6 +55,14 @@ def hccn_nic_problems(
     )
 
 
+def hccn_link_flap_problems(text: str, max_flaps: Any = 3, tool: str = "hccn_tool") -> list[str]:
+    return npu_network.link_flap_problems(str(text), int(max_flaps), str(tool))
+
+
+def hccn_link_flaps(text: str) -> dict[int, int | None]:
+    return npu_network.link_flaps(str(text))
+
+
 def hccn_parse(text: str, kind: str | None = None) -> dict[str, Any]:
     try:
         return hccn.parse_hccn(str(text), kind)
@@ -69,6 +79,8 @@ class FilterModule:
             "hccn_fleet_problems": hccn_fleet_problems,
             "hccn_report": hccn_report,
             "hccn_nic_problems": hccn_nic_problems,
+            "hccn_link_flap_problems": hccn_link_flap_problems,
+            "hccn_link_flaps": hccn_link_flaps,
             "hccn_parse": hccn_parse,
         }
         return {name: _guard(function) for name, function in functions.items()}
