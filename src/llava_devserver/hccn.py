@@ -11,6 +11,7 @@ network. Formats (Ascend HDK; nothing here relies on columns, case or line ends)
   certificates; the switch is the number in `tls switch[...]`
 - `-ping -g address A`: `device 0 PING A`, one `recv seq=...` or `recv time out seq=...` line a packet, then
   `3 packets transmitted, 3 received, 0.00% packet loss`
+- `-netdetect -g`: `netdetect address: 10.0.0.1` (the detect IP; `0.0.0.0` or none printed: not set)
 - `-link_stat -g`: `[device 0]link up count : 2`, (newer drivers) `link down count : 1`, then
   `[device 0]    Tue Jun  6 16:32:10 2023    LINK DOWN` records, newest first
 
@@ -24,7 +25,7 @@ import ipaddress
 import re
 from typing import Any
 
-KINDS = ("ip", "link", "net_health", "tls", "ping", "link_stat")
+KINDS = ("ip", "link", "net_health", "tls", "ping", "link_stat", "netdetect")
 LINK_STATES = ("UP", "DOWN")
 # The states the driver documents; others are passed through as printed.
 NET_HEALTH_STATES = (
@@ -50,6 +51,7 @@ _PING_RE = re.compile(
     r"(\d+)\s+packets?\s+transmitted\s*,\s*(\d+)\s+(?:packets?\s+)?received\s*,\s*([0-9.]+)\s*%\s*packet\s+loss",
     re.IGNORECASE,
 )
+_NETDETECT_RE = re.compile(r"\bnetdetect\s+address\s*:\s*([0-9A-Fa-f.:]*)", re.IGNORECASE)
 _LINK_UP_COUNT_RE = re.compile(r"link\s+up\s+count\s*:\s*(\d+)", re.IGNORECASE)
 _LINK_DOWN_COUNT_RE = re.compile(r"link\s+down\s+count\s*:\s*(\d+)", re.IGNORECASE)
 _LINK_RECORD_RE = re.compile(
@@ -174,6 +176,15 @@ def parse_link_stat(text: str) -> dict[str, Any]:
     }
 
 
+def parse_netdetect(text: str) -> dict[str, Any]:
+    match = _NETDETECT_RE.search(_normalise(text))
+    if not match:
+        raise HccnParseError("hccn_tool -netdetect -g: no `netdetect address:` line")
+    value = match.group(1)
+    address = _address(value, "netdetect address") if value else None
+    return {"kind": "netdetect", "address": None if address in (None, "0.0.0.0") else address}
+
+
 _PARSERS = {
     "ip": parse_ip,
     "link": parse_link,
@@ -181,6 +192,7 @@ _PARSERS = {
     "tls": parse_tls,
     "ping": parse_ping,
     "link_stat": parse_link_stat,
+    "netdetect": parse_netdetect,
 }
 
 
@@ -195,6 +207,7 @@ def detect_kind(text: str) -> str:
         ("tls", _TLS_RE.search(text)),
         ("ping", _PING_RE.search(text)),
         ("link_stat", _LINK_UP_COUNT_RE.search(text) or _LINK_RECORD_RE.search(text)),
+        ("netdetect", _NETDETECT_RE.search(text)),
         ("link", _LINK_RE.search(text)),
     )
     for kind, found in checks:

@@ -387,3 +387,28 @@ def link_flaps(text: str) -> dict[int, int | None]:
         except hccn.HccnParseError:
             out[card] = None
     return out
+
+
+def port_plan(
+    card: int,
+    ip_output: str,
+    netdetect_output: str | None,
+    address: str,
+    netmask: str,
+    detect_ip: str | None = None,
+    tool: str = "hccn_tool",
+) -> dict[str, Any]:
+    """What setting one card's port to `address`/`netmask` (and detect IP) takes: `{"before", "after",
+    "commands"}` from its `-ip -g` and `-netdetect -g` outputs; no commands when it is already so."""
+    current = hccn.parse_hccn(ip_output, kind="ip")
+    before = {"address": current["ipaddr"], "netmask": current["netmask"]}
+    after = {"address": address, "netmask": netmask}
+    commands: list[list[str]] = []
+    if (current["ipaddr"], current["netmask"]) != (address, netmask):
+        commands.append([tool, "-i", str(card), "-ip", "-s", "address", address, "netmask", netmask])
+    if detect_ip is not None:
+        found = hccn.parse_hccn(netdetect_output or "", kind="netdetect")["address"]
+        before["detect_ip"], after["detect_ip"] = found, detect_ip
+        if found != detect_ip:
+            commands.append([tool, "-i", str(card), "-netdetect", "-s", "address", detect_ip])
+    return {"before": before, "after": after, "commands": commands}

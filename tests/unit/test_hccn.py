@@ -50,6 +50,11 @@ def test_link_stat_with_and_without_down_count() -> None:
     assert (older["up_count"], older["down_count"], len(older["records"])) == (2, 1, 3)
 
 
+def test_netdetect_address_and_unset() -> None:
+    assert hccn.parse_hccn("netdetect address: 10.90.2.1\n") == {"kind": "netdetect", "address": "10.90.2.1"}
+    assert hccn.parse_hccn("netdetect address: 0.0.0.0\n")["address"] is None
+
+
 def test_ip_on_one_line_without_separator_and_in_upper_case() -> None:
     assert hccn.parse_hccn("IPADDR:192.168.1.7 NETMASK:255.255.0.0") == {
         "kind": "ip",

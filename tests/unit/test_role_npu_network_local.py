@@ -25,7 +25,9 @@ CARDS = [0, 1]
 SKIP_LINE = "a one-server fleet has no other server to reach: the device network checks are skipped"
 
 
-def write_fleet(tmp_path: Path, hosts: list[str], fault_texts: list[str]) -> Path:
+def write_fleet(
+    tmp_path: Path, hosts: list[str], fault_texts: list[str], llava: dict[str, dict[str, Any]] | None = None
+) -> Path:
     states: dict[str, dict[str, Any]] = {}
     for index, host in enumerate(hosts, start=1):
         state = npu_smi.default_sim_state(len(CARDS))
@@ -35,6 +37,11 @@ def write_fleet(tmp_path: Path, hosts: list[str], fault_texts: list[str]) -> Pat
         host, _, fault = text.partition(":")
         states[host] = faults.edit_state(states[host], faults.parse_fault(fault))
     states = device_network.publish(states)
+    shared = tmp_path / "fleet"  # the fleet's shared view of the ports, as the simulated fleet's volume
+    shared.mkdir()
+    for host, state in states.items():
+        view = device_network.fleet_view_entry(state["hccn"])
+        (shared / f"{host}.json").write_text(json.dumps(view))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (tmp_path / "host_vars").mkdir()
@@ -42,7 +49,8 @@ def write_fleet(tmp_path: Path, hosts: list[str], fault_texts: list[str]) -> Pat
         (tmp_path / f"{host}.json").write_text(json.dumps(state))
         wrapper = bin_dir / f"hccn_tool-{host}"
         wrapper.write_text(
-            f'#!/bin/sh\nNPU_SIM_STATE={tmp_path / f"{host}.json"} exec {sys.executable} {TOOL} "$@"\n'
+            f"#!/bin/sh\nNPU_SIM_STATE={tmp_path / f'{host}.json'} NPU_SIM_FLEET_DIR={shared} "
+            f'exec {sys.executable} {TOOL} "$@"\n'
         )
         wrapper.chmod(0o755)
         host_vars = {
@@ -56,6 +64,9 @@ def write_fleet(tmp_path: Path, hosts: list[str], fault_texts: list[str]) -> Pat
                 "nnodes": len(hosts),
                 "hccl_if_ip": None,
                 "hccl_socket_ifname": None,
+                "device_ips": None,
+                "device_detect_ip": None,
+                **(llava or {}).get(host, {}),
             },
         }
         (tmp_path / "host_vars" / f"{host}.yml").write_text(yaml.safe_dump(host_vars))
@@ -64,7 +75,7 @@ def write_fleet(tmp_path: Path, hosts: list[str], fault_texts: list[str]) -> Pat
     return tmp_path
 
 
-def run_play(where: Path) -> subprocess.CompletedProcess[str]:
+def run_play(where: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
@@ -75,7 +86,7 @@ def run_play(where: Path) -> subprocess.CompletedProcess[str]:
         "PYTHONPATH": str(REPO / "src"),
     }
     return subprocess.run(
-        ["ansible-playbook", "-i", str(where / "hosts.ini"), str(where / "play.yml")],
+        ["ansible-playbook", "-i", str(where / "hosts.ini"), str(where / "play.yml"), *args],
         cwd=where,
         env=env,
         capture_output=True,
@@ -112,3 +123,30 @@ def test_one_server_fleet_skips_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 0, out
     assert out.count(SKIP_LINE) == 1
     assert "Read the device ports" not in out
+
+
+def test_declared_device_ips_are_set_idempotently_with_check_mode_and_diff(tmp_path: Path) -> None:
+    hosts = ["devserver-1", "devserver-2"]
+    wanted = [
+        {"card": 0, "address": "10.90.2.51", "netmask": "255.255.255.0"},
+        {"card": 1, "address": "10.90.2.52", "netmask": "255.255.255.0"},
+    ]
+    where = write_fleet(
+        tmp_path, hosts, ["devserver-2:hccn-no-ip=1"], {"devserver-2": {"device_ips": wanted}}
+    )
+    checked = run_play(where, "--check", "--diff")
+    out = checked.stdout + checked.stderr
+    assert "-card 0: address 10.90.2.11 netmask 255.255.255.0" in out
+    assert "+card 0: address 10.90.2.51 netmask 255.255.255.0" in out
+    assert "-card 1: address none netmask none" in out
+    assert (
+        json.loads((where / "devserver-2.json").read_text())["hccn"]["cards"]["1"]["ip"] is None
+    )  # unchanged
+    assert recap(checked.stdout)["devserver-2"]["changed"] == 1  # the one loop task
+    applied = run_play(where)
+    out = applied.stdout + applied.stderr
+    assert applied.returncode == 0, out  # card 1 has its IP now, and the peers reach the new addresses
+    ports = json.loads((where / "devserver-2.json").read_text())["hccn"]["cards"]
+    assert (ports["0"]["ip"], ports["1"]["ip"]) == ("10.90.2.51", "10.90.2.52")
+    again = run_play(where)
+    assert again.returncode == 0 and recap(again.stdout)["devserver-2"]["changed"] == 0

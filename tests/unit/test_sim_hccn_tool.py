@@ -188,3 +188,29 @@ def test_fake_lspci_lists_the_cards_among_other_huawei_functions(tmp_path: Path)
     named = tool(tmp_path, state, "lspci").stdout
     assert "c1:00.0 Processing accelerators: Huawei Technologies Co., Ltd. Device d802 (rev 20)" in named
     assert "HiSilicon ZIP Engine" in named
+
+
+def test_the_fleets_shared_directory_wins_and_set_commands_publish_to_it(tmp_path: Path) -> None:
+    """On a running fleet each server publishes its ports to a shared volume (NPU_SIM_FLEET_DIR here)."""
+    shared = tmp_path / "fleet"
+    shared.mkdir()
+    states = fleet_states()
+    # devserver-3's card 0 went down after `sim up`: its published entry says so, hccn_fleet does not.
+    (shared / "devserver-3.json").write_text(json.dumps({"0": {"ip": "10.90.3.11", "up": False}}))
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(states["devserver-1"]))
+    env = {"NPU_SIM_STATE": str(path), "NPU_SIM_FLEET_DIR": str(shared), "PATH": "/usr/bin:/bin"}
+
+    def call(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, str(FILES / "hccn_tool"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    assert hccn.parse_hccn(call("-i", "0", "-ping", "-g", "address", "10.90.3.11"))["received"] == 0
+    assert hccn.parse_hccn(call("-i", "0", "-ping", "-g", "address", "10.90.2.11"))["received"] == 3
+    call("-i", "1", "-ip", "-s", "address", "10.90.1.99", "netmask", "255.255.255.0")
+    assert json.loads((shared / "devserver-1.json").read_text())["1"] == {"ip": "10.90.1.99", "up": True}

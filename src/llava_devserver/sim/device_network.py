@@ -5,10 +5,12 @@ Each server's `/etc/npu-sim/state.json` holds, besides the cards npu-smi prints:
 - `hccn`: this server's RoCE ports, the source of truth for its fake `hccn_tool`:
   `{"host": "devserver-2", "ping_loss_pct": 0, "cards": {"0": {"ip", "netmask", "detect_ip", "link",
   "health", "tls", "link_events": [[epoch, "UP"|"DOWN"], ...]}, ...}}`;
-- `hccn_fleet`: what the server knows of every server's ports (itself included), `{host: {card: {"ip",
+- `hccn_fleet`: every server's ports as `sim up` made them (itself included), `{host: {card: {"ip",
   "up"}}}`, so that `hccn_tool -ping` can answer without a network: a ping reaches an address when some
-  server's card holds it with its link up. `sim up` writes it, and every `hccn-*` fault re-publishes it
-  to the whole fleet.
+  server's card holds it with its link up. On a running fleet each server also publishes its ports, as
+  they change (npu-sim-sync after every fault, hccn_tool after every `-s`), to `FLEET_DIR/HOST.json` on a
+  volume all servers of the fleet mount; hccn_tool reads those over `hccn_fleet`. `publish()` does the
+  same for states held in memory (tests).
 
 Device IPs: server I (1-based), card N -> 10.90.I.(11+N)/24, detect IP 10.90.I.1: unique across the fleet,
 one subnet per server (the Atlas 800T A2 rule).
@@ -23,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 NETMASK = "255.255.255.0"
+FLEET_DIR = "/var/lib/npu-sim/fleet"  # the fleet's shared volume (npu-sim-sync and hccn_tool use this path)
 FIRST_HOST_OCTET = 11
 
 HCCN_FAULTS: dict[str, str] = {

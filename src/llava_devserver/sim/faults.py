@@ -22,8 +22,8 @@ inventory name (`devserver-2`), its number (`2`) or `all`.
 - The NPUs' own network (`hccn_tool`, see sim/device_network.py): `hccn-link-down[=CARD]` (the card's
   port is DOWN), `hccn-no-ip[=CARD]`, `hccn-tls-on[=CARD]`, `hccn-dup-ip[=CARD]` (the device IP of the
   same card of the first server), `hccn-unhealthy[=CARD]` (net health Fault), `hccn-ping-loss=PCT`
-  (pings from this server to the others lose PCT %). Applying one re-publishes the server's ports to
-  every server of the fleet, whose `hccn_tool -ping` then sees the change.
+  (pings from this server to the others lose PCT %), `hccn-link-flaps[=CARD]`. npu-sim-sync publishes
+  the server's ports to the fleet's shared volume, where every server's `hccn_tool -ping` sees them.
 
 Card and driver faults are edits of the npu-smi state file (/etc/npu-sim/state.json) followed by
 `npu-sim-sync`, which makes /dev and the driver tree match it; they survive a restart of the server.
@@ -225,8 +225,6 @@ def apply_fault(container: Container, fault: Fault) -> None:
     """Apply one fault to a running simulated server (idempotent)."""
     if fault.kind in STATE_FAULTS:
         write_state(container, edit_state(read_state(container), fault))
-        if fault.kind in device_network.HCCN_FAULTS:
-            publish_device_network(container)
     elif fault.kind == "ip-forward-0":
         run_in(
             container,
@@ -242,24 +240,6 @@ def apply_fault(container: Container, fault: Fault) -> None:
         _bind_device(container, fault.npu)
     else:  # parse_fault keeps this unreachable
         raise FaultError(f"unknown fault {fault}")
-
-
-def publish_device_network(container: Container) -> None:
-    """Rebuild every running server's view of the fleet's device ports (`hccn_fleet`) from their own.
-
-    Servers not running yet are left out; `sim up` publishes once more when all are up.
-    """
-    from llava_devserver.sim.fleet import FLEET_LABEL, HOST_LABEL  # fleet imports this module
-
-    fleet = container.labels.get(FLEET_LABEL)
-    if not fleet:
-        return
-    peers = container.client.containers.list(filters={"label": [f"{FLEET_LABEL}={fleet}", HOST_LABEL]})
-    states = {_name(peer): read_state(peer) for peer in peers}
-    by_name = {_name(peer): peer for peer in peers}
-    for host, state in device_network.publish(states).items():
-        if state != states[host]:
-            put_file(by_name[host], STATE_PATH, (json.dumps(state, indent=2) + "\n").encode())
 
 
 DAEMON_JSON = {

@@ -29,7 +29,7 @@ from docker.models.containers import Container
 
 from llava_devserver.sim import device_network
 from llava_devserver.sim import image as sim_image
-from llava_devserver.sim.faults import DOCKER_FAULTS, Fault, apply_fault, publish_device_network, put_file
+from llava_devserver.sim.faults import DOCKER_FAULTS, Fault, apply_fault, put_file
 from llava_devserver.sim.inventory import SimHost, SimJob, sim_group_vars, write_inventory
 from llava_devserver.sim.registry import ensure_registry, push_image, registry_settings, remove_registry
 
@@ -71,6 +71,11 @@ def container_name(fleet: str, index: int) -> str:
 
 def volume_name(fleet: str, index: int) -> str:
     return f"{container_name(fleet, index)}-docker"
+
+
+def device_network_volume(fleet: str) -> str:
+    """The volume all servers of a fleet share for their NPUs' ports (sim/device_network.py)."""
+    return f"{PREFIX}-{fleet}-devnet"
 
 
 def check_fleet_name(fleet: str) -> str:
@@ -149,10 +154,11 @@ def _create_server(
         FAULTS_LABEL: ",".join(str(f) for f in faults),
     }
     volume = volume_name(fleet, index)
-    try:
-        client.volumes.get(volume)
-    except docker.errors.NotFound:
-        client.volumes.create(volume, labels={FLEET_LABEL: fleet})
+    for name in (volume, device_network_volume(fleet)):
+        try:
+            client.volumes.get(name)
+        except docker.errors.NotFound:
+            client.volumes.create(name, labels={FLEET_LABEL: fleet})
     container: Container = client.containers.create(
         image,
         name=container_name(fleet, index),
@@ -167,6 +173,7 @@ def _create_server(
         volumes={
             "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
             volume: {"bind": "/var/lib/docker", "mode": "rw"},
+            device_network_volume(fleet): {"bind": device_network.FLEET_DIR, "mode": "rw"},
         },
         tmpfs={"/run": "rw,exec,nosuid,nodev,mode=755"},
         network=network_name(fleet),
@@ -327,9 +334,6 @@ def fleet_up(
 
     with ThreadPoolExecutor(max_workers=min(n_hosts, 8)) as pool:
         results = list(pool.map(start, range(1, n_hosts + 1)))
-    # Faults applied in parallel above each published a partial view of the device network.
-    if any(f.kind in device_network.HCCN_FAULTS for host_faults in faults.values() for f in host_faults):
-        publish_device_network(server(fleet, host_name(1)))
     timings["servers"] = time.monotonic() - mark
     sim_hosts = [host for host, _ in results]
     created = sum(1 for _, was_created in results if was_created)
