@@ -41,7 +41,7 @@ ROUNDS: dict[str, tuple[dict[str, list[str]], dict[str, list[str]]]] = {
             "devserver-2": ["card 1: net health is Fault"],
             "devserver-3": [
                 "card 0: ping from card 0 to devserver-1 card 0 (10.90.1.11) lost 66.67% (1 of 3 received)",
-                "peer devserver-2 card 1",
+                "peer devserver-2 card 0",  # card 1 of devserver-2 is unhealthy: its own problem
             ],
         },
     ),
