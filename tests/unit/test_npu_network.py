@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from llava_devserver import npu_network, npu_smi
+from llava_devserver import hccn, npu_network, npu_smi
 from llava_devserver.sim import device_network, faults
 
 TOOL = Path(npu_smi.__file__).parent / "sim" / "files" / "hccn_tool"
@@ -269,3 +269,26 @@ def test_report_entry_has_the_worst_ping() -> None:
     entry = npu_network.report_entry(ports, pings, [])
     assert entry["worst_ping_loss_pct"] == 33.33 and entry["worst_ping"] == "card 0 -> 10.0.0.3"
     assert entry["cards"][0]["ipaddr"] == "10.0.0.1"
+
+
+def test_port_plan_changes_only_what_differs() -> None:
+    same = npu_network.port_plan(
+        0, "ipaddr:10.0.0.5\nnetmask:255.255.255.0\n", None, "10.0.0.5", "255.255.255.0"
+    )
+    assert same["commands"] == []
+    unset = npu_network.port_plan(
+        1,
+        "Get ipconf failed, because no ip was preset there!\n",
+        "netdetect address: 10.0.0.1\n",
+        "10.0.0.6",
+        "255.255.255.0",
+        "10.0.0.254",
+        "/opt/hccn_tool",
+    )
+    assert unset["before"] == {"address": None, "netmask": None, "detect_ip": "10.0.0.1"}
+    assert unset["commands"] == [
+        ["/opt/hccn_tool", "-i", "1", "-ip", "-s", "address", "10.0.0.6", "netmask", "255.255.255.0"],
+        ["/opt/hccn_tool", "-i", "1", "-netdetect", "-s", "address", "10.0.0.254"],
+    ]
+    with pytest.raises(hccn.HccnParseError, match="busy"):
+        npu_network.port_plan(0, "hccn_tool is busy, please try again\n", None, "10.0.0.5", "255.255.255.0")
