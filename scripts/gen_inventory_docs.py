@@ -154,7 +154,10 @@ RULES = """\
 - `npu_devices` ids are below `npu_count` and listed once; every server gives the same number.
 - `work_dir` and `container_work_dir` are absolute, never `/` or a system directory (`/etc`,
   `/usr`, `/var`, `/home`, `/tmp`, ..., or anything under `/etc`, `/proc`, `/sys`, `/dev`,
-  `/boot`), and `container_work_dir` is never `/home/ma-user` itself (the guide forbids it).
+  `/boot`), and `container_work_dir` is never the home of `container_user` itself
+  (`/home/ma-user`: the guide forbids it).
+- `container_user` and `container_group` are user and group names of the image (`[a-z_][a-z0-9_-]*`);
+  the roles read their numeric ids from the running container.
 - `container_name`, `container_image` and `container_shm_size` are what Docker accepts.
 - `master_port` is 1-65535; `max_steps` is -1 or positive; batch sizes are positive.
 - Files on the control node (`ascendcloud_package`, `container_image_archive`, `control`

@@ -24,9 +24,9 @@ tokenizers, shard indexes), their SHA-256. Large shards and the images are not r
 manifest records the fingerprint an asset had when it was verified, and `status` calls it verified only
 while the fingerprint is unchanged (and equal to the source's, when the role gives one).
 
-The manifest (`{work_dir}/.llava-devserver/assets-manifest.json`) is honest: `verify` writes the outcome,
-good or bad, with the errors; `mark` records an asset that could not be staged (e.g. not enough space) as
-not verified. Writes are atomic (temporary file + rename).
+The manifest (`{state_dir}/assets-manifest.json`, state_dir being llava.state_dir) is honest: `verify`
+writes the outcome, good or bad, with the errors; `mark` records an asset that could not be staged (e.g.
+not enough space) as not verified. Writes are atomic (temporary file + rename).
 """
 
 from __future__ import annotations

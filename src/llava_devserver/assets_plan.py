@@ -20,8 +20,9 @@ ORDER = ("images", "llm", "vision_tower", "pretrain_json")
 # Files up to this size are hashed into the fingerprint (configs, tokenizers, shard indexes); the shards,
 # the caption JSON and the images are compared by size and mtime only.
 HASH_SMALL = {"llm": 1 << 20, "vision_tower": 1 << 20, "pretrain_json": 0, "images": 0}
-MANIFEST = ".llava-devserver/assets-manifest.json"
-HELPER_DIR = ".llava-devserver/bin"
+# Under llava.state_dir on the server.
+MANIFEST = "assets-manifest.json"
+HELPER_DIR = "bin"
 
 
 def host_path(container_path: str, container_work_dir: str, work_dir: str) -> str | None:
@@ -89,8 +90,8 @@ def plan(llava: Mapping[str, Any], control_fingerprints: Mapping[str, Any] | Non
     return {
         "assets": planned,
         "errors": errors,
-        "manifest": posixpath.join(work_dir, MANIFEST),
-        "helper_dir": posixpath.join(work_dir, HELPER_DIR),
+        "manifest": posixpath.join(str(llava["state_dir"]), MANIFEST),
+        "helper_dir": posixpath.join(str(llava["state_dir"]), HELPER_DIR),
     }
 
 

@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from llava_devserver.npu_devices import parse_device_ids
+
 GROUP = "devservers"
 FLEET = "fleet"  # the "host" of errors that concern several hosts
 
@@ -38,7 +40,13 @@ GUIDE_IMAGE = (
 LLAVA_TRAIN_COMMIT = "5d8f1760c08b7dfba3ae97b71cbd4c6f17d12dbd"
 CANN_SET_ENV = "/usr/local/Ascend/ascend-toolkit/set_env.sh"
 HCCN_TOOL = "/usr/local/Ascend/driver/tools/hccn_tool"  # the driver's tool for the NPUs' RoCE ports
-MA_USER_HOME = "/home/ma-user"
+# The vendor image's user and group (ModelArts images: ma-user, uid 1000, in ma-group): the defaults of the
+# settings container_user / container_group.
+CONTAINER_USER = "ma-user"
+CONTAINER_GROUP = "ma-group"
+# Our state folder under work_dir on each server (job.json, logs, markers, the assets manifest and helpers);
+# roles get its path as llava.state_dir, server-side helpers as an argument.
+STATE_DIR_NAME = ".llava-devserver"
 DEFAULT_TRAIN_ENV: dict[str, str] = {
     "HCCL_CONNECT_TIMEOUT": "1200",
     "TASK_QUEUE_ENABLE": "1",
@@ -82,6 +90,7 @@ _SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?) ?([kKmMgGtTpP]?)[iI]?[bB]?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_POSIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _VERSION = re.compile(r"^[0-9][0-9A-Za-z.+-]*$")
 _IFNAME_ITEM = re.compile(r"^(?:\^?=)?[A-Za-z0-9_.:-]{1,15}$")
 
@@ -124,43 +133,6 @@ class UnresolvedValue:
 # ------------------------------------------------------------------------------------------ value rules
 
 
-def parse_device_list(value: Any) -> list[int]:
-    """`0-7`, `0,1,2,3`, `0-3,6`, 5, or a list of ids -> the list of ids, in the given order."""
-    if isinstance(value, bool):
-        raise ValueError("must be NPU ids such as 0-7, 0,1,2,3 or a list")
-    if isinstance(value, int):
-        return [value]
-    items: Iterable[Any]
-    if isinstance(value, str):
-        items = [part.strip() for part in value.split(",")] if value.strip() else []
-    elif isinstance(value, list | tuple):
-        items = value
-    else:
-        raise ValueError("must be NPU ids such as 0-7, 0,1,2,3 or a list")
-    devices: list[int] = []
-    for item in items:
-        if isinstance(item, int) and not isinstance(item, bool):
-            devices.append(item)
-            continue
-        text = str(item).strip()
-        match = re.fullmatch(r"(\d+)\s*-\s*(\d+)", text)
-        if match:
-            first, last = int(match.group(1)), int(match.group(2))
-            if first > last:
-                raise ValueError(f"range {text!r} runs backwards")
-            devices.extend(range(first, last + 1))
-        elif text.isdigit():
-            devices.append(int(text))
-        else:
-            raise ValueError(f"{text!r} is not an NPU id or a range such as 0-7")
-    if not devices:
-        raise ValueError("must name at least one NPU")
-    duplicates = sorted({d for d in devices if devices.count(d) > 1})
-    if duplicates:
-        raise ValueError(f"lists NPU {', '.join(map(str, duplicates))} more than once")
-    return devices
-
-
 def check_address(value: str) -> str:
     """An IPv4/IPv6 address or an RFC 1123 host name."""
     try:
@@ -176,8 +148,17 @@ def check_address(value: str) -> str:
     return value
 
 
-def check_workspace_path(value: str, *, container: bool) -> str:
-    """An absolute, normalized path: not `/`, not a system directory, in the container not /home/ma-user."""
+def home_of(user: str) -> str:
+    return f"/home/{user}"
+
+
+# The guide's mount point of work_dir (under ma-user's home, never the home itself).
+CONTAINER_WORK_DIR = f"{home_of(CONTAINER_USER)}/ws"
+
+
+def check_workspace_path(value: str, *, container_user: str | None = None) -> str:
+    """An absolute, normalized path: not `/`, not a system directory, in the container (container_user
+    given) not that user's home."""
     if not value.startswith("/"):
         raise ValueError(f"{value!r} must be an absolute path")
     path = PurePosixPath(value)
@@ -188,9 +169,10 @@ def check_workspace_path(value: str, *, container: bool) -> str:
         raise ValueError("must not be / (the whole file system would be mounted and chown-ed)")
     if text in SYSTEM_DIRS or any(text.startswith(tree + "/") for tree in SYSTEM_TREES):
         raise ValueError(f"{text} is a system directory; use a directory of its own such as /data/llava")
-    if container and text == MA_USER_HOME:
+    if container_user is not None and text == home_of(container_user):
         raise ValueError(
-            f"must not be {MA_USER_HOME}: the guide forbids mounting onto ma-user's home (breaks the image)"
+            f"must not be {home_of(container_user)}: the guide forbids mounting onto {container_user}'s home "
+            "(breaks the image)"
         )
     return text
 
@@ -384,9 +366,19 @@ class Settings(BaseModel):
         description="Directory on the server mounted into the container (the guide's work_dir).",
         json_schema_extra=_scope("fleet"),
     )
+    container_user: str = Field(
+        CONTAINER_USER,
+        description="The image's user in the container: runs build.sh and the job, owns container_work_dir.",
+        json_schema_extra=_scope("fleet"),
+    )
+    container_group: str = Field(
+        CONTAINER_GROUP,
+        description="The group of container_user inside the container (owner group of container_work_dir).",
+        json_schema_extra=_scope("fleet"),
+    )
     container_work_dir: str = Field(
-        "/home/ma-user/ws",
-        description="Mount point of work_dir inside the container; never /home/ma-user itself.",
+        CONTAINER_WORK_DIR,
+        description="Mount point of work_dir inside the container; never container_user's home itself.",
         json_schema_extra=_scope("fleet"),
     )
     container_name: str = Field(
@@ -622,7 +614,7 @@ class Settings(BaseModel):
     @field_validator("npu_devices", mode="before")
     @classmethod
     def _devices(cls, value: Any) -> Any:
-        return None if value is None else parse_device_list(value)
+        return None if value is None else parse_device_ids(value)
 
     @field_validator("npu_driver_version", mode="before")
     @classmethod
@@ -636,12 +628,21 @@ class Settings(BaseModel):
     @field_validator("work_dir")
     @classmethod
     def _work_dir(cls, value: str) -> str:
-        return check_workspace_path(value, container=False)
+        return check_workspace_path(value)
+
+    @field_validator("container_user", "container_group")
+    @classmethod
+    def _posix_name(cls, value: str) -> str:
+        if not _POSIX_NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not a user or group name ([a-z_][a-z0-9_-]*, at most 32 characters)"
+            )
+        return value
 
     @field_validator("container_work_dir")
     @classmethod
-    def _container_work_dir(cls, value: str) -> str:
-        return check_workspace_path(value, container=True)
+    def _container_work_dir(cls, value: str, info: ValidationInfo) -> str:
+        return check_workspace_path(value, container_user=info.data.get("container_user", CONTAINER_USER))
 
     @field_validator("container_name")
     @classmethod
@@ -840,6 +841,9 @@ class HostSettings(BaseModel):
             "hccl_socket_ifname": s.hccl_socket_ifname,
             "work_dir": s.work_dir,
             "container_work_dir": s.container_work_dir,
+            "container_user": s.container_user,
+            "container_group": s.container_group,
+            "state_dir": f"{s.work_dir}/{STATE_DIR_NAME}",
             "container_name": s.container_name,
             "container_image": s.container_image,
             "container_image_archive": s.container_image_archive,

@@ -10,11 +10,11 @@ sentences that name the host's file, card or setting and say what to do. The rol
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+from llava_devserver.npu_devices import held_npu_problem, npus_held_elsewhere
 
 # The three management devices every NPU container needs besides its /dev/davinciN.
 MANAGER_DEVICES = ("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc")
@@ -120,47 +120,6 @@ def mount_problems(
 
 # ------------------------------------------------------------------------------- NPUs held elsewhere
 
-_DAVINCI = re.compile(r"^/dev/davinci(\d+)$")
-
-
-def _id_list(value: str) -> set[int]:
-    """`0-3,5` (ASCEND_VISIBLE_DEVICES) -> {0, 1, 2, 3, 5}; parts that are not ids are ignored."""
-    ids: set[int] = set()
-    for part in value.split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if match:
-            low = int(match.group(1))
-            high = int(match.group(2)) if match.group(2) else low
-            ids.update(range(low, high + 1))
-    return ids
-
-
-def held_npus(container: Mapping[str, Any]) -> dict[int, str]:
-    """{NPU id: how} for one `docker inspect` entry: --device=/dev/davinciN or ASCEND_VISIBLE_DEVICES."""
-    held: dict[int, str] = {}
-    for device in (container.get("HostConfig") or {}).get("Devices") or []:
-        match = _DAVINCI.match(str(device.get("PathOnHost", "")))
-        if match:
-            held[int(match.group(1))] = f"--device={device['PathOnHost']}"
-    for entry in (container.get("Config") or {}).get("Env") or []:
-        name, _, value = str(entry).partition("=")
-        if name == "ASCEND_VISIBLE_DEVICES":
-            for npu in sorted(_id_list(value)):
-                held.setdefault(npu, f"ASCEND_VISIBLE_DEVICES={value}")
-    return held
-
-
-def _inspect_list(inspect_output: str | Sequence[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
-    if inspect_output is None:
-        return []
-    if isinstance(inspect_output, str):
-        text = inspect_output.strip()
-        if not text:
-            return []
-        parsed = json.loads(text)
-        return list(parsed) if isinstance(parsed, list) else [parsed]
-    return list(inspect_output)
-
 
 def bound_npu_problems(
     host: str,
@@ -168,21 +127,12 @@ def bound_npu_problems(
     npu_devices: Iterable[Any],
     own_container: str,
 ) -> list[str]:
-    """One sentence per running container (not ours) that holds one of our NPUs (the guide's rule)."""
-    wanted = {int(npu) for npu in npu_devices}
-    problems = []
-    for container in _inspect_list(inspect_output):
-        name = str(container.get("Name", "")).lstrip("/") or str(container.get("Id", ""))[:12]
-        if name == own_container or not (container.get("State") or {}).get("Running", False):
-            continue
-        for npu, how in sorted(held_npus(container).items()):
-            if npu in wanted:
-                problems.append(
-                    f"{host}: NPU {npu} (/dev/davinci{npu}) is held by the running container {name!r} "
-                    f"({how}); one NPU cannot serve two containers: stop {name!r} or leave NPU {npu} "
-                    "out of npu_devices"
-                )
-    return problems
+    """One sentence per running container (not ours) that holds one of our NPUs (the guide's rule, in
+    llava_devserver.npu_devices: the same as npu_check's preflight)."""
+    return [
+        f"{host}: {held_npu_problem(held)}"
+        for held in npus_held_elsewhere(inspect_output, npu_devices, own_container)
+    ]
 
 
 # ----------------------------------------------------------------------------------------- the image

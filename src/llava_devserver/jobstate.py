@@ -3,16 +3,18 @@
 Standalone on purpose: Python 3 standard library only (3.7+), so the role llava_pretrain copies this file
 to each server and runs it there as root with whatever `python3` the server has:
 
-    python3 jobstate.py plan  --work-dir W --container-work-dir C --container NAME --output-dir DIR
-    python3 jobstate.py start --work-dir W --container-work-dir C --container NAME --llava-dir L
-                              --script scripts/v1_5/pretrain_new.sh --node-rank N [--check] ...
-    python3 jobstate.py probe --work-dir W --container-work-dir C --container NAME [--no-write]
-    python3 jobstate.py stop  --work-dir W --container-work-dir C --container NAME [--grace 60] [--check]
+    python3 jobstate.py plan  WHERE --output-dir DIR --node-rank N [--restart] [--check]
+    python3 jobstate.py start WHERE --llava-dir L --script scripts/v1_5/pretrain_new.sh --node-rank N
+                                    [--user U] [--check] ...
+    python3 jobstate.py probe WHERE [--no-write]
+    python3 jobstate.py stop  WHERE [--grace 60] [--check]
+
+WHERE is `--work-dir W --container-work-dir C --state-dir S --container NAME` (S: llava.state_dir).
 
 Each prints ONE JSON object with `llava_progress` (Contract 6 of docs/architecture.md: the live display
 reads it) and `job` (the state file as it now is), exits 0, or 1 with `{"error": "..."}` when it cannot.
 
-The state file `W/.llava-devserver/job.json` (host path; W is mounted at C in the training container) holds
+The state file `S/job.json` (host path; S lies under W, which is mounted at C in the container) holds
 `state` (running, finished, failed, stopped), `pid` (inside the container, of a wrapper started with setsid,
 so it leads the job's process group), `log` (host path of this node's log), `node_rank`, `container`,
 `started_at`/`updated_at`/`finished_at`, `exit_code` and the last progress (`step`, `total_steps`, `loss`,
@@ -39,7 +41,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-STATE_DIR = ".llava-devserver"
 STATE_NAME = "job.json"
 LOCK_NAME = "job.lock"
 LOG_DIR = "logs"
@@ -158,10 +159,11 @@ def container_path(work_dir: str, container_work_dir: str, path_on_host: str) ->
 class Paths:
     """Where the job's files are, on the host and in the container."""
 
-    def __init__(self, work_dir: str, container_work_dir: str) -> None:
+    def __init__(self, work_dir: str, container_work_dir: str, state_dir: str) -> None:
         self.work_dir = work_dir
         self.container_work_dir = container_work_dir
-        self.state_dir = os.path.join(work_dir, STATE_DIR)
+        self.state_dir = state_dir
+        self.in_container(state_dir)  # ValueError unless under work_dir: the container must see the logs
         self.state_file = os.path.join(self.state_dir, STATE_NAME)
         self.lock_file = os.path.join(self.state_dir, LOCK_NAME)
         self.log_dir = os.path.join(self.state_dir, LOG_DIR)
@@ -690,6 +692,7 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name)
         p.add_argument("--work-dir", required=True)
         p.add_argument("--container-work-dir", required=True)
+        p.add_argument("--state-dir", required=True, help="our state folder under work_dir (llava.state_dir)")
         p.add_argument("--container", required=True)
         p.add_argument("--docker", default="docker")
         p.add_argument("--check", action="store_true", help="say what would be done, change nothing")
@@ -714,7 +717,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    paths = Paths(args.work_dir, args.container_work_dir)
+    paths = Paths(args.work_dir, args.container_work_dir, args.state_dir)
     container = Container(args.container, args.docker)
     now = datetime.now(UTC)
     try:

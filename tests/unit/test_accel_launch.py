@@ -338,20 +338,3 @@ def test_filters_adapt_ansible_values() -> None:
     outcome = accel_filter.accel_check_result(registered, "devserver-2", PLAN)
     assert outcome["report"]["run"]["seconds"] == 62.5
     assert Path(accel_filter.llava_module_path("accel_check")).name == "accel_check.py"
-
-
-def test_role_defaults_and_argument_specs_agree() -> None:
-    import yaml
-
-    role = Path(__file__).resolve().parents[2] / "roles" / "accel_check"
-    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
-    options = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"][
-        "options"
-    ]
-    assert set(options) - {"llava"} == set(defaults)
-    for name, value in defaults.items():
-        assert options[name]["default"] == value, name
-    # and the knobs the simulated fleet sets are the role's
-    from llava_devserver.sim.inventory import SIM_ACCEL_CHECK
-
-    assert set(SIM_ACCEL_CHECK) <= set(defaults)

@@ -50,6 +50,7 @@ def llava(**assets: dict[str, Any]) -> dict[str, Any]:
         "host": "devserver-1",
         "ansible_host": "10.0.0.1",
         "work_dir": "/data/llava-devserver",
+        "state_dir": "/data/llava-devserver/.llava-devserver",
         "container_work_dir": "/home/ma-user/ws",
         "assets": {
             name: {"source": "none", "path": None, "repo_id": None, "revision": "main", "repo_type": "model",

@@ -18,7 +18,6 @@ from llava_devserver.config import (
     Settings,
     UnresolvedValue,
     json_schema,
-    parse_device_list,
     validate_fleet,
 )
 
@@ -153,36 +152,6 @@ def test_addresses_must_be_unique(package: str) -> None:
 
 
 # --- npu_devices
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("0-7", list(range(8))),
-        ("0,1,2,3", [0, 1, 2, 3]),
-        ("0-1, 6", [0, 1, 6]),
-        ([4, 5, "6"], [4, 5, 6]),
-        ((0, 1), [0, 1]),  # what Ansible's INI parser makes of 0,1
-        (3, [3]),
-    ],
-)
-def test_device_lists(value: Any, expected: list[int]) -> None:
-    assert parse_device_list(value) == expected
-
-
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ("0-3,3", "more than once"),
-        ("7-0", "backwards"),
-        ("zero", "not an NPU id"),
-        ("", "at least one"),
-        (True, "must be NPU ids"),
-    ],
-)
-def test_invalid_device_lists(value: Any, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        parse_device_list(value)
 
 
 def test_devices_within_npu_count(package: str) -> None:

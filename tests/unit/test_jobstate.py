@@ -241,7 +241,9 @@ def workspace(tmp_path: Path) -> tuple[jobstate.Paths, jobstate.Container, Path,
     tree = tmp_path / "ws" / "LLaVA"
     (tree / "scripts").mkdir(parents=True)
     (tree / "scripts" / "run.sh").write_text(SCRIPT)
-    paths = jobstate.Paths(str(tmp_path / "ws"), str(tmp_path / "ws"))
+    paths = jobstate.Paths(
+        str(tmp_path / "ws"), str(tmp_path / "ws"), str(tmp_path / "ws" / ".llava-devserver")
+    )
     os.makedirs(paths.log_dir)
     calls: list[list[str]] = []
     return paths, jobstate.Container("c", runner=_local_runner(calls, str(tmp_path))), tree, calls
@@ -337,7 +339,7 @@ def test_command_line_prints_one_json_object(workspace: Any) -> None:
     paths, _, _, _ = workspace
     result = subprocess.run(
         [sys.executable, jobstate.__file__, "probe", "--work-dir", paths.work_dir, "--container-work-dir",
-         paths.container_work_dir, "--container", "c"],
+         paths.container_work_dir, "--state-dir", paths.state_dir, "--container", "c"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -345,7 +347,7 @@ def test_command_line_prints_one_json_object(workspace: Any) -> None:
     Path(paths.state_file).write_text("{broken")
     result = subprocess.run(
         [sys.executable, jobstate.__file__, "probe", "--work-dir", paths.work_dir, "--container-work-dir",
-         paths.container_work_dir, "--container", "c"],
+         paths.container_work_dir, "--state-dir", paths.state_dir, "--container", "c"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 1 and "not JSON" in json.loads(result.stdout)["error"]

@@ -1,82 +1,28 @@
 """Filter `npu_check_bound_problems`: NPUs of this host that another running container already holds.
 
 Input: the text of `docker ps -q | xargs -r docker inspect` (a JSON array; empty text when no container
-runs or Docker is absent). A container holds NPU N when it was started with `--device=/dev/davinciN`
-(HostConfig.Devices) or, under the Ascend Docker runtime, with `ASCEND_VISIBLE_DEVICES` naming N
-(`0-3,5` style). The host's own training container (`own_container`) is left out: rerunning the play
-must not trip over the container it started before.
+runs or Docker is absent). The rule (what "held" means, which containers count) is
+`llava_devserver.npu_devices.npus_held_elsewhere`, the one the training_container role applies too; the
+host's own training container (`own_container`) is left out.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
-from ansible.errors import AnsibleFilterError
-
-_DAVINCI = re.compile(r"^/dev/davinci(\d+)$")
-
-
-def _visible_devices(value: str) -> set[int]:
-    """`0-3,5` -> {0, 1, 2, 3, 5}; unreadable parts are ignored (the runtime rejects them anyway)."""
-    ids: set[int] = set()
-    for part in value.split(","):
-        part = part.strip()
-        if re.fullmatch(r"\d+", part):
-            ids.add(int(part))
-        elif re.fullmatch(r"\d+\s*-\s*\d+", part):
-            low, high = (int(bound) for bound in part.split("-"))
-            ids.update(range(low, high + 1))
-    return ids
+from llava_devserver.ansible_support import filter_guard
+from llava_devserver.npu_devices import held_npu_problem, npus_held_elsewhere
 
 
-def held_npus(container: Mapping[str, Any]) -> dict[int, str]:
-    """{NPU id: how the container holds it} for one `docker inspect` entry."""
-    held: dict[int, str] = {}
-    devices = (container.get("HostConfig") or {}).get("Devices") or []
-    for device in devices:
-        match = _DAVINCI.match(str(device.get("PathOnHost", "")))
-        if match:
-            held[int(match.group(1))] = f"--device={device['PathOnHost']}"
-    for entry in (container.get("Config") or {}).get("Env") or []:
-        name, _, value = str(entry).partition("=")
-        if name == "ASCEND_VISIBLE_DEVICES":
-            for npu in _visible_devices(value):
-                held.setdefault(npu, f"ASCEND_VISIBLE_DEVICES={value}")
-    return held
-
-
+@filter_guard
 def npu_check_bound_problems(
     inspect_output: str | None, npu_devices: Iterable[Any], own_container: str | None = None
 ) -> list[str]:
     """One sentence per (container, NPU) pair that blocks this host's container from getting the NPU."""
-    text = (inspect_output or "").strip()
-    if not text:
-        return []
-    try:
-        containers = json.loads(text)
-    except ValueError as exc:
-        raise AnsibleFilterError(
-            f"npu_check_bound_problems: docker inspect output is not JSON: {exc}"
-        ) from exc
-    wanted = {int(npu) for npu in npu_devices}
-    problems: list[str] = []
-    for container in containers:
-        name = str(container.get("Name", "")).lstrip("/") or str(container.get("Id", ""))[:12]
-        if own_container and name == own_container:
-            continue
-        if not (container.get("State") or {}).get("Running", True):
-            continue
-        for npu, how in sorted(held_npus(container).items()):
-            if npu in wanted:
-                problems.append(
-                    f"NPU {npu} (/dev/davinci{npu}) is held by the running container {name!r} ({how}); "
-                    f"one NPU cannot serve two containers: stop it (`docker stop {name}`) or leave NPU {npu} "
-                    "out of npu_devices"
-                )
-    return problems
+    return [
+        held_npu_problem(held) for held in npus_held_elsewhere(inspect_output, npu_devices, own_container)
+    ]
 
 
 class FilterModule:

@@ -34,7 +34,7 @@ SITE = "site.yml"
 STATUS_PLAYBOOK = "playbooks/status.yml"
 DOWN_PLAYBOOK = "playbooks/down.yml"
 STATUS_FACT = "llava_status"
-JOB_FILE = ".llava-devserver/job.json"  # under llava.work_dir (Contract 6)
+JOB_FILE = "job.json"  # under llava.state_dir (Contract 6)
 
 
 # ------------------------------------------------------------------------------------------- parsers
@@ -350,9 +350,9 @@ def cmd_down(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- logs
 
 
-def remote_log_command(work_dir: str, lines: int, follow: bool) -> str:
+def remote_log_command(state_dir: str, lines: int, follow: bool) -> str:
     """Shell run on the server: find the log in the job state file, then tail it."""
-    job_file = f"{work_dir.rstrip('/')}/{JOB_FILE}"
+    job_file = f"{state_dir.rstrip('/')}/{JOB_FILE}"
     read_log = (
         'python3 -c \'import json,sys; print(json.load(open(sys.argv[1])).get("log") or "")\' '
         + shlex.quote(job_file)
@@ -398,7 +398,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    remote = remote_log_command(str(fleet.settings[host]["work_dir"]), args.lines, args.follow)
+    remote = remote_log_command(str(fleet.settings[host]["state_dir"]), args.lines, args.follow)
     argv = ssh_argv(fleet.hosts[host], host, remote)
     if args.follow:  # become the stream: Ctrl-C or a signal ends ssh/tail, not only this process
         sys.stdout.flush()

@@ -12,9 +12,10 @@ from typing import Any
 
 import yaml
 
+from llava_devserver.config import CONTAINER_WORK_DIR
+
 GROUP = "devservers"
 # Where the synthetic assets land inside the training container (a subfolder of container_work_dir).
-CONTAINER_WORK_DIR = "/home/ma-user/ws"
 CONTAINER_ASSETS = f"{CONTAINER_WORK_DIR}/sim-assets"
 ASSET_CONTAINER_PATHS = {
     "llm": ("model_name_or_path", f"{CONTAINER_ASSETS}/llm"),

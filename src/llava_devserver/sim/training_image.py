@@ -25,6 +25,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from llava_devserver.config import CONTAINER_GROUP, CONTAINER_USER
 from llava_devserver.sim import image_cache
 from llava_devserver.sim.image import CACHE_DIR, LABEL, ensure_base_image
 
@@ -111,6 +112,9 @@ def render_dockerfile(base: str) -> str:
         "pip_wheel": _pip_wheel_name(),
         "requirements": " ".join(f"'{r}'" for r in REQUIREMENTS),
         "label": LABEL,
+        # The vendor image's user and group: the defaults of the settings container_user/container_group.
+        "user": CONTAINER_USER,
+        "group": CONTAINER_GROUP,
     }
     for key, value in values.items():
         template = template.replace("{{ " + key + " }}", value)
