@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "validate",  # validate, schema
     "render",  # render
     "npu_smi",  # npu-smi parse
+    "hccn",  # hccn parse
     "loss",  # loss
     "sim",  # sim up/down/status
     "fleet",  # up, plan, status, logs, down

@@ -40,6 +40,7 @@ GUIDE_IMAGE = (
 )
 LLAVA_TRAIN_COMMIT = "5d8f1760c08b7dfba3ae97b71cbd4c6f17d12dbd"
 CANN_SET_ENV = "/usr/local/Ascend/ascend-toolkit/set_env.sh"
+HCCN_TOOL = "/usr/local/Ascend/driver/tools/hccn_tool"  # the driver's tool for the NPUs' RoCE ports
 # The vendor image's user and group (ModelArts images: ma-user, uid 1000, in ma-group): the defaults of the
 # settings container_user / container_group.
 CONTAINER_USER = "ma-user"
@@ -89,6 +90,7 @@ _POSIX_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _VERSION = re.compile(r"[0-9][0-9A-Za-z.+-]*")
 _URL = re.compile(r"https?://[^\s/]+(?:/\S*)?")
 _PACKAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\.zip")
+_IFNAME_ITEM = re.compile(r"(?:\^?=)?[A-Za-z0-9_.:-]{1,15}")
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -360,6 +362,52 @@ class Settings(BaseModel):
         description="Expected NPU driver version, e.g. `23.0.5` (quote it in YAML); unset: not checked.",
         json_schema_extra=_scope("fleet"),
     )
+    npu_ecc_errors_max: int = Field(
+        0,
+        ge=0,
+        description="Uncorrectable (double-bit) HBM/DDR ECC errors a card may have counted "
+        "(`npu-smi info -t ecc`, where the driver has it); more fails the preflight.",
+        json_schema_extra=_scope("fleet"),
+    )
+    npu_link_flaps_max: int = Field(
+        3,
+        ge=0,
+        description="Link-down events a card's device port may have recorded (`hccn_tool -link_stat -g`) "
+        "in a multi-node fleet; more fails the preflight.",
+        json_schema_extra=_scope("fleet"),
+    )
+    hccl_if_ip: str | None = Field(
+        None,
+        description="HCCL_IF_IP of the job: this server's address for HCCL's host-side traffic; unset (and "
+        "no hccl_socket_ifname): the address of the server's route to the master, found at launch.",
+        json_schema_extra=_scope("host"),
+    )
+    hccl_socket_ifname: str | None = Field(
+        None,
+        description="HCCL_SOCKET_IFNAME of the job: interface name prefixes, comma-separated (`eth`, "
+        "`=eth0` exact, `^=docker0` excluded); hccl_if_ip wins when both are set.",
+        json_schema_extra=_scope("host"),
+    )
+    device_ips: list[str] | None = Field(
+        None,
+        description="Device IPs to set on this server's NPU RoCE ports, one per card of npu_devices in that "
+        "order, as ADDRESS/PREFIX (e.g. `10.90.2.11/24`), all in one subnet; unset: from device_ip_cidr, "
+        "else the ports are only checked.",
+        json_schema_extra=_scope("host"),
+    )
+    device_ip_cidr: str | None = Field(
+        None,
+        description="One subnet for the fleet's device IPs, e.g. `10.90.0.0/16`: server R (0-based, "
+        "inventory order) gets network + 1 + R x cards + P for its card P; servers with device_ips keep "
+        "theirs; unset: not configured.",
+        json_schema_extra=_scope("fleet"),
+    )
+    device_detect_ip: str | None = Field(
+        None,
+        description="Detect IP every card checks its network against (`hccn_tool -netdetect`), usually the "
+        "device network's gateway; unset: not configured.",
+        json_schema_extra=_scope("fleet"),
+    )
     # --- the container
     work_dir: str = Field(
         "/data/llava-devserver",
@@ -575,6 +623,84 @@ class Settings(BaseModel):
     @classmethod
     def _address(cls, value: Any) -> Any:
         return check_address(value) if isinstance(value, str) else value
+
+    @field_validator("device_ips", mode="before")
+    @classmethod
+    def _device_ips_list(cls, value: Any) -> Any:
+        return [item.strip() for item in value.split(",")] if isinstance(value, str) else value
+
+    @field_validator("device_ips")
+    @classmethod
+    def _device_ips(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is None:
+            return None
+        interfaces = []
+        for item in value:
+            try:
+                interface = ipaddress.ip_interface(item)
+            except ValueError:
+                raise ValueError(f"{item!r} is not ADDRESS/PREFIX, e.g. 10.90.2.11/24") from None
+            if "/" not in item or interface.version != 4:
+                raise ValueError(f"{item!r}: give an IPv4 address with its prefix, e.g. 10.90.2.11/24")
+            interfaces.append(interface)
+        devices = info.data.get("npu_devices")
+        count = len(devices) if devices is not None else info.data.get("npu_count")
+        if count is not None and len(interfaces) != count:
+            raise ValueError(f"{len(interfaces)} addresses for {count} cards (one per card of npu_devices)")
+        if len({str(i.network) for i in interfaces}) > 1:
+            raise ValueError(
+                "the cards of a server share one subnet (Atlas 800T A2); these span "
+                + ", ".join(sorted({str(i.network) for i in interfaces}))
+            )
+        if len({i.ip for i in interfaces}) < len(interfaces):
+            raise ValueError("an address is given twice")
+        return [str(i) for i in interfaces]
+
+    @field_validator("device_ip_cidr")
+    @classmethod
+    def _device_ip_cidr(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            network = ipaddress.ip_network(value.strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not a subnet such as 10.90.0.0/16 (host bits zero)") from None
+        if network.version != 4:
+            raise ValueError(f"{value!r}: device IPs are IPv4")
+        return str(network)
+
+    @field_validator("device_detect_ip")
+    @classmethod
+    def _device_detect_ip(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.IPv4Address(value.strip()))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 address") from None
+
+    @field_validator("hccl_if_ip")
+    @classmethod
+    def _hccl_if_ip(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value.strip()))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address (HCCL_IF_IP takes one address)") from None
+
+    @field_validator("hccl_socket_ifname")
+    @classmethod
+    def _hccl_socket_ifname(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        items = [item.strip() for item in value.split(",")]
+        if not all(_IFNAME_ITEM.fullmatch(item) for item in items):
+            raise ValueError(
+                f"{value!r}: expected interface names or prefixes of at most 15 characters, comma-separated, "
+                "each optionally starting with = (exact) or ^= (exclude), e.g. eth0 or =eth0,=eth1"
+            )
+        return ",".join(items)
 
     @field_validator("npu_devices", mode="before")
     @classmethod
@@ -842,6 +968,27 @@ def _layout(data: Mapping[str, Any]) -> _Layout | None:
     return _Layout(base, llava_dir(base, commit), name)
 
 
+def device_ip_plan(settings: Settings, rank: int) -> list[dict[str, Any]] | None:
+    """The device IPs to set on one server's cards (`[{card, address, netmask}]` in npu_devices order):
+    its device_ips, else its share of device_ip_cidr, else None (the ports are only checked)."""
+    cards = settings.devices
+    if settings.device_ips is not None:
+        interfaces = [ipaddress.IPv4Interface(item) for item in settings.device_ips]
+    elif settings.device_ip_cidr is not None:
+        network = ipaddress.IPv4Network(settings.device_ip_cidr)
+        first = int(network.network_address) + 1 + rank * len(cards)
+        interfaces = [
+            ipaddress.IPv4Interface(f"{ipaddress.IPv4Address(first + p)}/{network.prefixlen}")
+            for p in range(len(cards))
+        ]
+    else:
+        return None
+    return [
+        {"card": card, "address": str(i.ip), "netmask": str(i.netmask)}
+        for card, i in zip(cards, interfaces, strict=True)
+    ]
+
+
 class HostSettings(BaseModel):
     """One server's settings with the fleet-wide derived values."""
 
@@ -887,6 +1034,12 @@ class HostSettings(BaseModel):
             "npu_count": s.npu_count,
             "npu_devices": s.devices,
             "npu_driver_version": s.npu_driver_version,
+            "npu_ecc_errors_max": s.npu_ecc_errors_max,
+            "npu_link_flaps_max": s.npu_link_flaps_max,
+            "hccl_if_ip": s.hccl_if_ip,
+            "device_ips": device_ip_plan(s, self.node_rank),
+            "device_detect_ip": s.device_detect_ip,
+            "hccl_socket_ifname": s.hccl_socket_ifname,
             "work_dir": s.work_dir,
             "container_work_dir": s.container_work_dir,
             "container_user": s.container_user,
@@ -924,6 +1077,7 @@ class HostSettings(BaseModel):
             "train_restart": s.train_restart,
             "cann_set_env": CANN_SET_ENV,
             "accel_check_force": s.accel_check_force,
+            "hccn_tool": HCCN_TOOL,
             "metadata_guard": s.metadata_guard,
             "hf_endpoint": s.hf_endpoint,
             "hf_token_set": s.hf_token is not None,
@@ -1115,11 +1269,37 @@ def _cross_host_errors(parsed: dict[str, Settings], addresses: Mapping[str, Any]
             )
         )
 
+    errors += _device_ip_errors(parsed)
+
     for name in JOB_WIDE:
         values = {host: getattr(s, name) for host, s in parsed.items()}
         if len({repr(v) for v in values.values()}) > 1:
             detail = ", ".join(f"{h}: {v}" for h, v in values.items())
             errors.append(ConfigError(FLEET, name, f"must be the same on every server of the job ({detail})"))
+    return errors
+
+
+def _device_ip_errors(parsed: dict[str, Settings]) -> list[ConfigError]:
+    """Device IPs unique across the fleet, and a device_ip_cidr with room for every server's cards."""
+    errors: list[ConfigError] = []
+    holders: dict[str, list[str]] = {}
+    for rank, (host, s) in enumerate(parsed.items()):
+        if s.device_ip_cidr is not None and s.device_ips is None:
+            network = ipaddress.IPv4Network(s.device_ip_cidr)
+            if 1 + (rank + 1) * len(s.devices) > network.num_addresses - 2:
+                errors.append(
+                    ConfigError(
+                        host,
+                        "device_ip_cidr",
+                        f"{network} has no room for {len(parsed)} servers x {len(s.devices)} cards",
+                    )
+                )
+                continue
+        for entry in device_ip_plan(s, rank) or []:
+            holders.setdefault(entry["address"], []).append(f"{host} card {entry['card']}")
+    for address, sharing in holders.items():
+        if len(sharing) > 1:
+            errors.append(ConfigError(FLEET, "device_ips", f"{address} is given to {' and '.join(sharing)}"))
     return errors
 
 

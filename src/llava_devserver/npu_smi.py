@@ -781,3 +781,120 @@ def default_sim_state(n_cards: int = 8, driver_version: str = "23.0.5") -> dict[
         "error": None,
         "warning": None,
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# ECC counters (`npu-smi info -t ecc -i N`) and the PCI count of the cards (`lspci -n -d 19e5:`)
+# --------------------------------------------------------------------------------------------------
+
+# The counters of errors ECC could not correct, since the driver started (the `Aggregate` ones are for
+# the card's life, the `Isolated Pages` ones what the driver already retired).
+ECC_UNCORRECTABLE = ("HBM Double Bit Error Count", "DDR Double Bit Error Count")
+_ECC_COUNTER_RE = re.compile(r"(Error Count|Err Cnt|Pages Count)$")
+
+HUAWEI_PCI_VENDOR = "19e5"
+# Ascend NPUs' PCI device ids (310, 310P, 910, 910B, 910_93). Huawei's vendor id also covers the Kunpeng
+# server's own functions (root ports, the HiSilicon ZIP/SEC engines, NICs), so the id must match.
+ASCEND_PCI_DEVICES = {"d100": "310", "d500": "310P", "d801": "910", "d802": "910B", "d803": "910_93"}
+_LSPCI_NUMERIC_RE = re.compile(r"^\S+\s+[0-9a-fA-F]{4}:\s+([0-9a-fA-F]{4}):([0-9a-fA-F]{4})\b")
+_LSPCI_NAMED_RE = re.compile(r"Huawei[^\n]*?\b(?:Device\s+|\[19e5:)([0-9a-fA-F]{4})\b", re.IGNORECASE)
+
+
+def parse_ecc(text: str) -> dict[str, Any]:
+    """`npu-smi info -t ecc -i N` -> `{"npu", "supported", "counters": {name: count}}`.
+
+    Drivers without the query print that they do not support it: `supported` is then false."""
+    _raise_if_tool_error(text)
+    pairs, others = _key_values(text)
+    fields = dict(pairs)
+    counters = {key: number for key, value in pairs if _ECC_COUNTER_RE.search(key) and
+                (number := _int_or_none(value)) is not None}  # fmt: skip
+    if not counters:
+        if re.search(r"not\s+support|unsupported|invalid\s+(?:type|param)", text, re.IGNORECASE):
+            return {"npu": _int_or_none(fields.get("NPU ID")), "supported": False, "counters": {}}
+        snippet = next((line for line in others if line), "")
+        raise NpuSmiParseError(
+            f"npu-smi info -t ecc: no `... Error Count : N` lines were found (starts with {snippet[:80]!r})"
+        )
+    return {"npu": _int_or_none(fields.get("NPU ID")), "supported": True, "counters": counters}
+
+
+def ecc_problems(npu: int, ecc: Mapping[str, Any], max_errors: int) -> list[str]:
+    """A sentence when the card counted more uncorrectable ECC errors than `max_errors`."""
+    counters = ecc.get("counters") or {}
+    found = {name: int(counters[name]) for name in ECC_UNCORRECTABLE if name in counters}
+    worst = max(found.values(), default=0)
+    if worst <= max_errors:
+        return []
+    detail = ", ".join(f"{name} {count}" for name, count in found.items() if count)
+    pages = counters.get("HBM Double Bit Isolated Pages Count")
+    return [
+        f"NPU {npu}: {worst} uncorrectable ECC errors ({detail}"
+        + (f", {pages} HBM pages isolated" if pages else "")
+        + f"), more than npu_ecc_errors_max {max_errors}: the card's memory is failing; exclude it from "
+        f"npu_devices and request a repair (npu-smi info -t ecc -i {npu})"
+    ]
+
+
+def count_ascend_pci(text: str) -> int:
+    """How many Ascend NPUs `lspci -n -d 19e5:` (or plain `lspci`) lists."""
+    count = 0
+    for line in str(text).splitlines():
+        numeric = _LSPCI_NUMERIC_RE.match(line.strip())
+        if numeric:
+            count += (
+                numeric.group(1).lower() == HUAWEI_PCI_VENDOR
+                and numeric.group(2).lower() in ASCEND_PCI_DEVICES
+            )
+            continue
+        named = _LSPCI_NAMED_RE.search(line)
+        count += bool(named and named.group(1).lower() in ASCEND_PCI_DEVICES)
+    return count
+
+
+def pci_count_problems(pci_count: int | None, npu_smi_count: int | None) -> list[str]:
+    """The driver should see every Ascend card on the PCI bus, and no more."""
+    if pci_count is None or npu_smi_count is None or pci_count == npu_smi_count:
+        return []
+    if pci_count > npu_smi_count:
+        return [
+            f"{pci_count} Ascend NPUs are on the PCI bus (lspci -d 19e5:) but npu-smi sees {npu_smi_count}: "
+            f"the driver lost {pci_count - npu_smi_count} card(s); check `dmesg | grep -i davinci` and the "
+            "firmware (npu-smi info -t board -i N), reboot the server, or request a repair"
+        ]
+    return [
+        f"npu-smi sees {npu_smi_count} NPUs but only {pci_count} Ascend NPUs are on the PCI bus "
+        "(lspci -d 19e5:): a card fell off the bus since the driver started; reboot the server or request "
+        "a repair"
+    ]
+
+
+def ecc_by_card(text: str) -> dict[int, dict[str, Any]]:
+    """`### card N ecc` sections of `npu-smi info -t ecc -i N` calls -> parse_ecc() per card; a card whose
+    output cannot be read gets `{"supported": None, "error": ...}` (the `info` check reports npu-smi)."""
+    from llava_devserver.sections import card_sections
+
+    out: dict[int, dict[str, Any]] = {}
+    for card, body in card_sections(text, "ecc").items():
+        try:
+            out[card] = parse_ecc(body)
+        except NpuSmiError as exc:
+            out[card] = {"npu": card, "supported": None, "counters": {}, "error": exc.message}
+    return out
+
+
+def ecc_section_problems(text: str, max_errors: int) -> list[str]:
+    problems: list[str] = []
+    for card, ecc in sorted(ecc_by_card(text).items()):
+        problems += ecc_problems(card, ecc, max_errors)
+    return problems
+
+
+def ecc_summary(text: str) -> dict[int, int | None]:
+    """Uncorrectable ECC errors per card for the report (None: not supported or unreadable)."""
+    return {
+        card: max((int(ecc["counters"].get(name, 0)) for name in ECC_UNCORRECTABLE), default=0)
+        if ecc.get("supported")
+        else None
+        for card, ecc in ecc_by_card(text).items()
+    }

@@ -183,6 +183,11 @@ def job_environment(settings: Mapping[str, Any]) -> dict[str, str]:
     if settings.get("hf_endpoint"):
         merged["HF_ENDPOINT"] = str(settings["hf_endpoint"])
     merged.update(DEFAULT_TRAIN_ENV)
+    # The HCCL host NIC settings (validated in the config); HCCL_IF_IP wins in HCCL when both are set.
+    if settings.get("hccl_if_ip"):
+        merged["HCCL_IF_IP"] = str(settings["hccl_if_ip"])
+    elif settings.get("hccl_socket_ifname"):
+        merged["HCCL_SOCKET_IFNAME"] = str(settings["hccl_socket_ifname"])
     merged.update({k: str(v) for k, v in settings["train_env"].items()})
     return dict(sorted(merged.items()))
 
@@ -209,7 +214,7 @@ def launch_plan(settings: Mapping[str, Any]) -> dict[str, Any]:
         "master_addr": "127.0.0.1" if single else settings["master_addr"],
         "world_info": base64.urlsafe_b64encode(json.dumps(world).encode()).decode(),
         "world_info_json": json.dumps(world),
-        "nic_given": [name for name in NIC_ENV_NAMES if name in settings["train_env"]],
+        "nic_given": [name for name in NIC_ENV_NAMES if name in job_environment(settings)],
     }
 
 

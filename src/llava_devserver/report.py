@@ -605,6 +605,36 @@ def _message_lines(report: Mapping[str, Any]) -> list[str]:
     return ["", "## Messages", *lines] if lines else []
 
 
+def device_network_section(hosts: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The NPUs' own network per host (npu_network's `llava_report_device_network`): device IPs, links,
+    TLS switches, the worst ping loss. Nothing when no host has it (one server, or not run)."""
+    rows = []
+    for entry in hosts:
+        network = (entry.get("facts") or {}).get("device_network")
+        if not isinstance(network, Mapping):
+            continue
+        cards = [card for card in network.get("cards") or [] if isinstance(card, Mapping)]
+        ips = ", ".join(f"{c.get('card')}: {c.get('ipaddr') or 'none'}" for c in cards)
+        links = " ".join(str(c.get("link") or "?") for c in cards)
+        tls = " ".join(str(c.get("tls") if c.get("tls") is not None else "?") for c in cards)
+        worst = network.get("worst_ping_loss_pct")
+        ping = "–" if worst is None else f"{float(worst):g}% ({network.get('worst_ping')})"
+        problems = network.get("problems") or []
+        rows.append(
+            [entry["host"], ips, links, tls, ping, f"{len(problems)}: {problems[0]}" if problems else ""]
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "## Device network (NPU RoCE ports)",
+        "",
+        "| Host | Device IPs (card: IP) | Links | TLS | Worst ping loss | Problems |",
+        "|---|---|---|---|---|---|",
+        *("| " + " | ".join(_cell(value) for value in row) + " |" for row in rows),
+    ]
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     totals = report["totals"]
     counts = ", ".join(f"{n} {status}" for status, n in totals.items() if n)
@@ -623,6 +653,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     ]
     lines += ["| " + " | ".join(_row(entry)) + " |" for entry in report["hosts"]]
     lines += _message_lines(report)
+    lines += device_network_section(report["hosts"])
     if report.get("loss_png"):
         # The relative link works beside the file; pasted elsewhere, the path and report.html still do.
         path = Path(str(report.get("run_dir") or ".")) / str(report["loss_png"])

@@ -343,7 +343,14 @@ def test_check_tool_error_is_the_one_problem() -> None:
 
 def test_filter_plugin_is_a_thin_adapter() -> None:
     filters = npu_smi_filter.FilterModule().filters()
-    assert set(filters) == {"npu_smi_info", "npu_smi_check"}
+    assert set(filters) == {
+        "npu_smi_info",
+        "npu_smi_check",
+        "npu_smi_pci_count",
+        "npu_smi_pci_problems",
+        "npu_smi_ecc_problems",
+        "npu_smi_ecc_summary",
+    }
     parsed = filters["npu_smi_info"](REAL_INFO.read_text())
     assert parsed == npu_smi.npu_smi_to_dict(REAL_INFO.read_text())
     assert (

@@ -6,6 +6,9 @@ inventory name (`devserver-2`), its number (`2`) or `all`.
 - `card-critical[=NPU]`: card NPU (default 0) reports health `Critical` in npu-smi;
   `card-warning[=NPU]`, `card-alarm[=NPU]`: ... `Warning`, `Alarm`.
 - `fewer-cards[=K]`: K cards fewer (default 1: 7 of 8); the last ones vanish from npu-smi and /dev.
+- `card-lost[=NPU]`: the driver lost card NPU (default 0): gone from npu-smi and /dev, still on the PCI bus
+  (lspci).
+- `card-ecc[=NPU]`: card NPU (default 0) counted 2 uncorrectable HBM ECC errors (npu-smi info -t ecc).
 - `driver-missing`: no /usr/local/Ascend/driver, no /dev/davinci*, no npu-smi (command not found).
 - `driver-version=X`: the driver (version.info, npu-smi) reports version X.
 - `npu-smi-8005`: every npu-smi call fails with the DCMI error -8005.
@@ -16,6 +19,11 @@ inventory name (`devserver-2`), its number (`2`) or `all`.
   execs runc, so the engine works).
 - `device-bound[=NPU]`: docker-preinstalled + a running container `other-user-job` that holds
   /dev/davinciNPU (default 0).
+- The NPUs' own network (`hccn_tool`, see sim/device_network.py): `hccn-link-down[=CARD]` (the card's
+  port is DOWN), `hccn-no-ip[=CARD]`, `hccn-tls-on[=CARD]`, `hccn-dup-ip[=CARD]` (the device IP of the
+  same card of the first server), `hccn-unhealthy[=CARD]` (net health Fault), `hccn-ping-loss=PCT`
+  (pings from this server to the others lose PCT %), `hccn-link-flaps[=CARD]`. npu-sim-sync publishes
+  the server's ports to the fleet's shared volume, where every server's `hccn_tool -ping` sees them.
 
 Card and driver faults are edits of the npu-smi state file (/etc/npu-sim/state.json) followed by
 `npu-sim-sync`, which makes /dev and the driver tree match it; they survive a restart of the server.
@@ -33,6 +41,8 @@ from typing import Any
 
 from docker.models.containers import Container
 
+from llava_devserver.sim import device_network
+
 STATE_PATH = "/etc/npu-sim/state.json"
 ASCEND_RUNTIME = "/usr/local/Ascend/Ascend-Docker-Runtime/ascend-docker-runtime"
 OTHER_JOB_CONTAINER = "other-user-job"
@@ -44,17 +54,22 @@ FAULT_KINDS: dict[str, str] = {
     "card-warning": "card NPU (default 0) reports health Warning",
     "card-alarm": "card NPU (default 0) reports health Alarm",
     "fewer-cards": "K cards fewer (default 1: 7 of 8)",
+    "card-lost": "the driver lost card NPU (default 0); it stays on the PCI bus",
+    "card-ecc": "card NPU (default 0) counted 2 uncorrectable HBM ECC errors",
     "driver-missing": "no Ascend driver, device nodes or npu-smi",
     "driver-version": "the driver reports version VALUE (required)",
     "npu-smi-8005": "npu-smi fails with -8005",
     "ip-forward-0": "net.ipv4.ip_forward=0, also in /etc/sysctl.conf",
     "docker-preinstalled": "docker.io running with an Ascend-runtime daemon.json",
     "device-bound": "docker-preinstalled + container other-user-job holding /dev/davinciNPU (default 0)",
+    **device_network.HCCN_FAULTS,
 }
 # Faults whose server is best started from the image with docker.io already installed.
 DOCKER_FAULTS = frozenset({"docker-preinstalled", "device-bound"})
-_NEEDS_VALUE = frozenset({"driver-version"})
-_INT_VALUE = frozenset({*HEALTH_FAULTS, "fewer-cards", "device-bound"})
+_NEEDS_VALUE = frozenset({"driver-version", "hccn-ping-loss"})
+_INT_VALUE = frozenset(
+    {*HEALTH_FAULTS, "fewer-cards", "card-lost", "card-ecc", "device-bound", *device_network.HCCN_FAULTS}
+)
 _NO_VALUE = frozenset({"driver-missing", "npu-smi-8005", "ip-forward-0", "docker-preinstalled"})
 
 
@@ -127,6 +142,15 @@ def edit_state(state: dict[str, Any], fault: Fault) -> dict[str, Any]:
         if drop > len(cards):
             raise FaultError(f"fault {fault}: the server has only {len(cards)} cards")
         del cards[len(cards) - drop :]
+    elif fault.kind in ("card-lost", "card-ecc"):
+        target = [c for c in cards if int(c["npu"]) == fault.npu]
+        if not target:
+            raise FaultError(f"fault {fault}: the server has no card {fault.npu}")
+        if fault.kind == "card-ecc":
+            target[0]["ecc"] = {"hbm_single": 17, "hbm_double": 2, "hbm_double_pages": 2}
+        else:
+            cards.remove(target[0])
+            new.setdefault("pci_only_bus_ids", []).append(target[0].get("bus_id"))
     elif fault.kind == "driver-missing":
         new["driver_installed"] = False
     elif fault.kind == "driver-version":
@@ -134,12 +158,28 @@ def edit_state(state: dict[str, Any], fault: Fault) -> dict[str, Any]:
         new["npu_smi_version"] = fault.value
     elif fault.kind == "npu-smi-8005":
         new["error"] = "-8005"
+    elif fault.kind in device_network.HCCN_FAULTS:
+        try:
+            new = device_network.apply_hccn_fault(new, fault.kind, fault.value)
+        except ValueError as exc:
+            raise FaultError(f"fault {fault}: {exc}") from exc
     else:
         raise FaultError(f"fault {fault} is not a state fault")
     return new
 
 
-STATE_FAULTS = frozenset({*HEALTH_FAULTS, "fewer-cards", "driver-missing", "driver-version", "npu-smi-8005"})
+STATE_FAULTS = frozenset(
+    {
+        *HEALTH_FAULTS,
+        "fewer-cards",
+        "card-lost",
+        "card-ecc",
+        "driver-missing",
+        "driver-version",
+        "npu-smi-8005",
+        *device_network.HCCN_FAULTS,
+    }
+)
 
 
 # --- applying to a running server -------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
+from llava_devserver.sim import device_network
 from llava_devserver.sim import image as sim_image
 from llava_devserver.sim.faults import DOCKER_FAULTS, Fault, apply_fault, put_file
 from llava_devserver.sim.inventory import SimHost, SimJob, sim_group_vars, write_inventory
@@ -70,6 +71,11 @@ def container_name(fleet: str, index: int) -> str:
 
 def volume_name(fleet: str, index: int) -> str:
     return f"{container_name(fleet, index)}-docker"
+
+
+def device_network_volume(fleet: str) -> str:
+    """The volume all servers of a fleet share for their NPUs' ports (sim/device_network.py)."""
+    return f"{PREFIX}-{fleet}-devnet"
 
 
 def check_fleet_name(fleet: str) -> str:
@@ -132,7 +138,13 @@ def _address(container: Container, fleet: str) -> str:
 
 
 def _create_server(
-    client: docker.DockerClient, fleet: str, index: int, image: str, npus: int, faults: list[Fault]
+    client: docker.DockerClient,
+    fleet: str,
+    index: int,
+    image: str,
+    npus: int,
+    faults: list[Fault],
+    n_hosts: int,
 ) -> Container:
     name = host_name(index)
     labels = {
@@ -142,10 +154,11 @@ def _create_server(
         FAULTS_LABEL: ",".join(str(f) for f in faults),
     }
     volume = volume_name(fleet, index)
-    try:
-        client.volumes.get(volume)
-    except docker.errors.NotFound:
-        client.volumes.create(volume, labels={FLEET_LABEL: fleet})
+    for name in (volume, device_network_volume(fleet)):
+        try:
+            client.volumes.get(name)
+        except docker.errors.NotFound:
+            client.volumes.create(name, labels={FLEET_LABEL: fleet})
     container: Container = client.containers.create(
         image,
         name=container_name(fleet, index),
@@ -160,6 +173,7 @@ def _create_server(
         volumes={
             "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
             volume: {"bind": "/var/lib/docker", "mode": "rw"},
+            device_network_volume(fleet): {"bind": device_network.FLEET_DIR, "mode": "rw"},
         },
         tmpfs={"/run": "rw,exec,nosuid,nodev,mode=755"},
         network=network_name(fleet),
@@ -169,9 +183,11 @@ def _create_server(
         },
     )
     # The state is there before boot so that npu-sim-init creates the hardware it describes.
-    put_file(
-        container, "/etc/npu-sim/state.json", (json.dumps(default_state(npus), indent=2) + "\n").encode()
+    state = default_state(npus)
+    state.update(
+        device_network.initial_network([host_name(i) for i in range(1, n_hosts + 1)], index, range(npus))
     )
+    put_file(container, "/etc/npu-sim/state.json", (json.dumps(state, indent=2) + "\n").encode())
     return container
 
 
@@ -300,7 +316,7 @@ def fleet_up(
             host_faults = faults.get(name, [])
             wants_docker = any(f.kind in DOCKER_FAULTS for f in host_faults)
             image = docker_image if wants_docker and docker_image else server_image
-            container = _create_server(client, fleet, index, image, npus, host_faults)
+            container = _create_server(client, fleet, index, image, npus, host_faults, n_hosts)
         else:
             if faults.get(name):
                 log(f"sim: {name} already exists; faults apply to the running server")

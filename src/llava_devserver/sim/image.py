@@ -88,6 +88,8 @@ LABEL = "llava-devserver.sim.image"
 # Files of sim/files/ that go into the sim-server image, and where.
 SERVER_FILES = {
     "npu-smi": "/usr/local/lib/npu-sim/npu-smi",
+    "hccn_tool": "/usr/local/lib/npu-sim/hccn_tool",  # npu-sim-sync puts it in the driver's tools/
+    "lspci": "/usr/bin/lspci",
     "npu-sim-init": "/usr/local/sbin/npu-sim-init",
     "npu-sim-sync": "/usr/local/sbin/npu-sim-sync",
     "sshd_config": "/etc/ssh/sshd_config.d/llava-sim.conf",

@@ -6,6 +6,10 @@
   problems (empty when all is well), each naming the card or the cause; an npu-smi failure such as
   DCMI -8005 is returned as the one problem, so a role can `fail` with it. Accepts the text or the dict
   of `npu_smi_info`.
+- `{{ lspci.stdout | npu_smi_pci_count }}`: Ascend NPUs listed by `lspci -n -d 19e5:`;
+  `{{ pci_count | npu_smi_pci_problems(chips_seen_by_npu_smi) }}`: the two counts disagree.
+- `{{ out.stdout | npu_smi_ecc_problems(max_errors) }}` over `### card N ecc` sections of
+  `npu-smi info -t ecc -i N` calls; `{{ out.stdout | npu_smi_ecc_summary }}`: uncorrectable counts per card.
 """
 
 from __future__ import annotations
@@ -39,6 +43,32 @@ def npu_smi_check(
     )
 
 
+def npu_smi_pci_count(text: str) -> int:
+    return npu_smi.count_ascend_pci(str(text))
+
+
+def npu_smi_pci_problems(pci_count: Any, npu_smi_count: Any) -> list[str]:
+    return npu_smi.pci_count_problems(
+        None if pci_count in (None, "") else int(pci_count),
+        None if npu_smi_count in (None, "") else int(npu_smi_count),
+    )
+
+
+def npu_smi_ecc_problems(text: str, max_errors: Any = 0) -> list[str]:
+    return npu_smi.ecc_section_problems(str(text), int(max_errors))
+
+
+def npu_smi_ecc_summary(text: str) -> dict[int, int | None]:
+    return npu_smi.ecc_summary(str(text))
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"npu_smi_info": npu_smi_info, "npu_smi_check": npu_smi_check}
+        return {
+            "npu_smi_info": npu_smi_info,
+            "npu_smi_check": npu_smi_check,
+            "npu_smi_pci_count": npu_smi_pci_count,
+            "npu_smi_pci_problems": npu_smi_pci_problems,
+            "npu_smi_ecc_problems": npu_smi_ecc_problems,
+            "npu_smi_ecc_summary": npu_smi_ecc_summary,
+        }

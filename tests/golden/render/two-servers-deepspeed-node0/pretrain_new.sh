@@ -24,7 +24,22 @@ export ASCEND_RT_VISIBLE_DEVICES=0,1,2,3
 export CPU_AFFINITY_CONF=1
 export HCCL_CONNECT_TIMEOUT=1200
 export TASK_QUEUE_ENABLE=1
-# Multi-node: HCCL picks the network card itself; set HCCL_SOCKET_IFNAME or HCCL_IF_IP in train_env to choose.
+# Multi-node: HCCL's host NIC is this server's address on its route to the master (the settings
+# hccl_if_ip / hccl_socket_ifname choose another); without one, HCCL would pick a NIC by name itself.
+if HCCL_IF_IP=$(python3 - 192.168.0.11 29500 <<'PY'
+import socket
+import sys
+
+family, kind, proto, _, address = socket.getaddrinfo(sys.argv[1], int(sys.argv[2]), type=socket.SOCK_DGRAM)[0]
+probe = socket.socket(family, kind, proto)
+probe.connect(address)  # UDP: no packet is sent, the kernel only picks the route and its source address
+print(probe.getsockname()[0])
+PY
+); then
+  export HCCL_IF_IP
+else
+  echo "pretrain_new.sh: no route to the master 192.168.0.11; HCCL picks the host NIC itself" >&2
+fi
 
 # DeepSpeed's per-node launcher, as its runner starts it on every node (no SSH between nodes).
 # world_info: {"node0": [0, 1, 2, 3], "node1": [0, 1, 2, 3]}

@@ -1,0 +1,87 @@
+"""`llava-devserver hccn parse [FILE|-] [--json]`: read one `hccn_tool -i N ...` output.
+
+The kind (`-ip -g`, `-link -g`, `-net_health -g`, `-tls -g`, `-ping -g address A`, `-link_stat -g`) is
+detected from the text. `--json` prints one object: `{"kind": "ip", "ipaddr": "10.0.0.5" or null,
+"netmask": ...}`, `{"kind": "link", "status": "UP"}`, `{"kind": "net_health", "status": "Success"}`,
+`{"kind": "tls", "switch": 0}`, `{"kind": "ping", "transmitted": 3, "received": 3, "loss_pct": 0.0}` or
+`{"kind": "link_stat", "up_count": 2, "down_count": 1, "records": [...]}`; without it, one line. Text it
+cannot read exits 1 with what it expected; a file that cannot be read exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from llava_devserver import hccn
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "hccn",
+        help="parse hccn_tool output (the NPUs' own network: device IP, link, health, TLS, ping)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = parser.add_subparsers(dest="hccn_command", metavar="ACTION")
+    parse = actions.add_parser(
+        "parse",
+        help="parse one hccn_tool -i N output (kind auto-detected)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parse.add_argument("file", nargs="?", default="-", metavar="FILE", help="hccn_tool output; - for stdin")
+    parse.add_argument("--json", action="store_true", help="print the parsed result as JSON")
+    parse.set_defaults(func=run_parse)
+    parser.set_defaults(func=lambda _args: _usage(parser))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def _read(source: str) -> str:
+    if source == "-":
+        return sys.stdin.read()
+    with open(source, encoding="utf-8", errors="replace") as handle:
+        return handle.read()
+
+
+def run_parse(args: argparse.Namespace) -> int:
+    name = "stdin" if args.file == "-" else args.file
+    try:
+        text = _read(args.file)
+    except OSError as exc:
+        print(f"hccn parse: cannot read {name}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        result = hccn.parse_hccn(text)
+    except hccn.HccnParseError as exc:
+        print(f"{name}: {exc.message}", file=sys.stderr)
+        return EXIT_INVALID
+    print(json.dumps(result, indent=2) if args.json else summary(result))
+    return EXIT_OK
+
+
+def summary(result: dict[str, Any]) -> str:
+    """One human line for a parsed output."""
+    kind = result["kind"]
+    if kind == "ip":
+        if result["ipaddr"] is None:
+            return "device IP: none set"
+        return f"device IP: {result['ipaddr']} netmask {result['netmask'] or '?'}"
+    if kind in ("link", "net_health"):
+        return f"{'link' if kind == 'link' else 'net health'}: {result['status']}"
+    if kind == "tls":
+        return f"TLS switch: {result['switch']} ({'enabled' if result['switch'] else 'disabled'})"
+    if kind == "ping":
+        return (
+            f"ping: {result['received']}/{result['transmitted']} received, "
+            f"{result['loss_pct']:g}% packet loss"
+        )
+    return f"link: {result['up_count']} up, {result['down_count']} down, {len(result['records'])} records"
