@@ -230,7 +230,7 @@ def test_default_inventory_is_ansible_cfgs(capsys: pytest.CaptureFixture[str]) -
 # must be put in one of the two.
 DATA_COMMANDS = {
     "validate", "schema", "render", "npu-smi parse", "loss", "sim status",
-    "up", "plan", "status", "down", "report",
+    "up", "plan", "status", "down", "report", "hccn parse",
 }  # fmt: skip
 NO_DATA_COMMANDS = {"logs", "sim up", "sim fault", "sim down"}
 

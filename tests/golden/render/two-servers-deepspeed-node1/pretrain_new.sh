@@ -38,7 +38,7 @@ PY
 ); then
   export HCCL_IF_IP
 else
-  echo "pretrain_new.sh: no route to the master 192.168.0.11; HCCL picks the host NIC itself" >&2
+  echo "pretrain_new.sh: no route to the master" 192.168.0.11"; HCCL picks the host NIC itself" >&2
 fi
 
 # DeepSpeed's per-node launcher, as its runner starts it on every node (no SSH between nodes).
