@@ -1,0 +1,28 @@
+"""Fleets shared by the fleet test modules (harness.py has the fleets, runs and commands themselves).
+
+`job_fleet`: 3 healthy servers with one card each, Docker preinstalled, the real training image, the stand-in
+package and assets; validate, host, container and workspace already run. One for the whole session: the
+readiness check (test_role_accel) and the job (test_role_train) run on the same prepared servers instead of
+each preparing its own (the training image alone is 1.2 GB to load on every server). A test that breaks a
+server gets a fleet of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import harness
+
+JOB_HOSTS = ("devserver-1", "devserver-2", "devserver-3")
+
+
+@pytest.fixture(scope="session")
+def job_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Fleet]:
+    out = tmp_path_factory.mktemp("job-fleet")
+    with harness.fleet_up("job", len(JOB_HOSTS), out, docker=True, devices_per_host=1) as fleet:
+        settings = fleet.group_vars()
+        assert settings["max_steps"] == 20 and settings["save_steps"] == 10  # what the job tests expect
+        fleet.run_play("validate", "host", "container", "workspace", name="prepare").assert_ok(*JOB_HOSTS)
+        yield fleet
