@@ -57,17 +57,16 @@ def probe_script(candidates: Sequence[str]) -> str:
         'p=$(command -v "$c" 2>/dev/null) && { py=$p; break; }; done; '
         'echo "interpreter=$py"; '
         'if [ -n "$py" ]; then echo "python_version=$("$py" -c '
-        "'import sys; print(\".\".join(str(v) for v in sys.version_info[:3]))' 2>&1 | head -n 1)\"; fi; "
+        '\'import sys; print(".".join(str(v) for v in sys.version_info[:3]))\' 2>&1 | head -n 1)"; fi; '
         '(. /etc/os-release 2>/dev/null; echo "os_id=${ID:-}"; echo "os_version_id=${VERSION_ID:-}"; '
         'echo "os_name=${PRETTY_NAME:-${NAME:-}}"); '
         'echo "init=$(cat /proc/1/comm 2>/dev/null)"'
     )
 
 
-def interpreter_candidates(
-    configured: str | None, fallback: Sequence[str] | None
-) -> list[str]:
-    """What interpreter discovery tries: an explicit ansible_python_interpreter alone, else the fallback list."""
+def interpreter_candidates(configured: str | None, fallback: Sequence[str] | None) -> list[str]:
+    """What interpreter discovery tries: an explicit ansible_python_interpreter alone, else the fallback
+    list."""
     if configured and not str(configured).startswith("auto"):
         return [str(configured)]
     return [str(name) for name in (fallback or ["python3"])]
@@ -102,18 +101,22 @@ def assess(
     problem: str | None = None
     advice = (
         f"Install Python {need} or newer on the server and point Ansible at it for this host "
-        f"(`{host} ansible_python_interpreter=/usr/bin/python3.X` in devserver.ini, or host_vars/{host}.yml), "
+        f"(`{host} ansible_python_interpreter=/usr/bin/python3.X` in devserver.ini, or "
+        f"host_vars/{host}.yml), "
         f"then rerun. This tool is tested with ansible-core {TESTED_ANSIBLE_CORE}"
         " (an older ansible-core manages older Pythons: 2.17 the last for Python 3.7, untested here)."
     )
     if probe.get("rc") not in (0, None) and not interpreter:
-        problem = f"{host}: cannot look for Python on the server (exit {probe.get('rc')}): " + str(
-            probe.get("stderr") or probe.get("stdout") or probe.get("msg") or ""
-        ).strip()
+        problem = (
+            f"{host}: cannot look for Python on the server (exit {probe.get('rc')}): "
+            + str(probe.get("stderr") or probe.get("stdout") or probe.get("msg") or "").strip()
+        )
         version: tuple[int, int] | None = None
     elif not interpreter:
         tried = ", ".join(candidates) or "python3"
-        problem = f"{host} ({os_name}): no Python found (tried {tried}); ansible-core {ansible_core} needs one. "
+        problem = (
+            f"{host} ({os_name}): no Python found (tried {tried}); ansible-core {ansible_core} needs one. "
+        )
         problem += advice
         version = None
     else:
@@ -128,7 +131,8 @@ def assess(
         if version is not None and version < minimum:
             problem = (
                 f"{host} ({os_name}): Python {version_text} ({interpreter}) is too old for ansible-core "
-                f"{ansible_core}, which runs its modules only with Python {need} or newer on servers. " + advice
+                f"{ansible_core}, which runs its modules only with Python {need} or newer on servers. "
+                + advice
             )
     summary = (
         f"{host}: {os_name}, Python {version_text or 'none'} ({interpreter or 'not found'}), "

@@ -222,7 +222,8 @@ elif ! docker info >/dev/null 2>&1; then
 fi
 for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && exit 0; sleep 1; done
 echo "dockerd did not answer within 60 s:"
-if [ -d /run/systemd/system ]; then journalctl -u docker.service -n 30 --no-pager; else tail -n 30 /var/log/dockerd.log; fi
+if [ -d /run/systemd/system ]; then journalctl -u docker.service -n 30 --no-pager
+else tail -n 30 /var/log/dockerd.log; fi
 exit 1
 """
 

@@ -324,7 +324,9 @@ def fleet_up(
         )
 
     mark = time.monotonic()
-    server_images = {name: sim_image.ensure_server_image(client, name) for name in sorted(set(profiles.values()))}
+    server_images = {
+        name: sim_image.ensure_server_image(client, name) for name in sorted(set(profiles.values()))
+    }
     docker_images: dict[str, str] = {}
     if not existing:
         for name, host_faults in faults.items():

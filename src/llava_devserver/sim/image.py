@@ -184,6 +184,7 @@ def get_profile(name: str) -> Profile:
     except KeyError:
         raise SimImageError(f"unknown OS profile {name!r} (known: {', '.join(PROFILES)})") from None
 
+
 CACHE_DIR = Path(os.environ.get("LLAVA_DEVSERVER_CACHE", Path.home() / ".cache" / "llava-devserver"))
 
 
@@ -438,9 +439,7 @@ def ensure_docker_server_image(client: docker.DockerClient, profile: str = DEFAU
     """
     spec = get_profile(profile)
     server = ensure_server_image(client, profile)
-    dockerfile = "\n".join(
-        [f"FROM {server}", f"RUN {spec.docker_install}", f"LABEL {LABEL}=server-docker"]
-    )
+    dockerfile = "\n".join([f"FROM {server}", f"RUN {spec.docker_install}", f"LABEL {LABEL}=server-docker"])
     tag = f"{spec.repository(DOCKER_SERVER_REPOSITORY)}:"
     tag += _hash({"version": DOCKER_SCRIPT_VERSION, "dockerfile": dockerfile})
     if _find_image(client, tag):
