@@ -346,8 +346,11 @@ def _server_dockerfile(base_tag: str, profile: Profile) -> str:
     lines = [f"FROM {base_tag}"]
     for name, dest in files.items():
         lines.append(f"COPY {name} {dest}")
+    # Programs and scripts; configuration (under /etc, units, os-release) stays 0644.
     executables = " ".join(
-        dest for dest in files.values() if "/sbin/" in dest or dest.endswith(("/npu-smi", "-setup"))
+        dest
+        for dest in files.values()
+        if not dest.startswith("/etc/") and not dest.endswith((".service", "os-release"))
     )
     lines += [
         f"RUN chmod 0755 {executables} && chmod 0644 /etc/ssh/sshd_config.d/llava-sim.conf"
