@@ -123,8 +123,8 @@ def test_check_mode_reports_changes_and_makes_none(
     for host in ("devserver-1", HCE):
         changed = check_run.changed[host]
         assert any("ip_forward" in name for name in changed), changed
-        assert "docker_engine : Report the packages a real run installs" in changed
-    assert "docker_engine : Write the merged daemon configuration" in check_run.changed["devserver-2"]
+        assert any(name.endswith("Report the packages a real run installs") for name in changed), changed
+    assert any(name.endswith("Write the merged daemon configuration") for name in check_run.changed["devserver-2"])
     # Nothing changed on the servers.
     assert fleet.sh("devserver-1", "sysctl -n net.ipv4.ip_forward").stdout.strip() == "0"
     assert fleet.sh("devserver-1", "cat /etc/sysctl.conf").stdout == before["sysctl_conf_1"]
@@ -330,6 +330,5 @@ def test_after_a_reboot_ip_forward_is_on_and_a_rerun_restores_docker_and_the_gua
         assert METADATA in fleet.sh(host, "iptables -S DOCKER-USER").stdout
     # On hce2 the rerun changes nothing but the guard's iptables rule, which no boot restores (iptables
     # rules are not persisted by metadata_guard).
-    assert set(rerun.changed.get(HCE, [])) <= {
-        f"metadata_guard : Reject container traffic to the metadata address {METADATA}"
-    }, rerun.changed.get(HCE)
+    guard = f"Reject container traffic to the metadata address {METADATA}"
+    assert all(name.endswith(guard) for name in rerun.changed.get(HCE, [])), rerun.changed.get(HCE)
