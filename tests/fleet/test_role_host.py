@@ -124,7 +124,8 @@ def test_check_mode_reports_changes_and_makes_none(
         changed = check_run.changed[host]
         assert any("ip_forward" in name for name in changed), changed
         assert any(name.endswith("Report the packages a real run installs") for name in changed), changed
-    assert any(name.endswith("Write the merged daemon configuration") for name in check_run.changed["devserver-2"])
+    changed_2 = check_run.changed["devserver-2"]
+    assert any(name.endswith("Write the merged daemon configuration") for name in changed_2), changed_2
     # Nothing changed on the servers.
     assert fleet.sh("devserver-1", "sysctl -n net.ipv4.ip_forward").stdout.strip() == "0"
     assert fleet.sh("devserver-1", "cat /etc/sysctl.conf").stdout == before["sysctl_conf_1"]
