@@ -1,9 +1,11 @@
 """Roles ip_forward, docker_engine and metadata_guard (playbooks/host.yml) on one simulated fleet.
 
 devserver-1 starts fresh (no Docker, ip_forward 0 also written in /etc/sysctl.conf); devserver-2 has Docker
-preinstalled with an Ascend-runtime daemon.json. The module runs, in order: `--check --diff` (changes
-reported, none made), the real run, a second run (changed=0), then checks real state on the servers,
-including real connections from a container to the metadata address and to another server.
+preinstalled with an Ascend-runtime daemon.json; devserver-3 is of the hce2 profile (Huawei Cloud EulerOS
+2.0 as real DevServers run: Python 3.9, systemd, dnf, no apt), fresh, with ip_forward 0 persisted too. The
+module runs, in order: `--check --diff` (changes reported, none made), the real run, a second run
+(changed=0), then checks real state on the servers, including real connections from a container to the
+metadata address and to another server, and last a reboot of devserver-1 and devserver-3.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ pytestmark = pytest.mark.fleet
 METADATA = "169.254.169.254"
 PROBE_IMAGE = "llava-host-probe:latest"
 REGISTRY = "registry.sim.test:5000"
+HCE = "devserver-3"  # the hce2 server
+DEBIAN = ("devserver-1", "devserver-2")
 
 # A tiny image for the inner engine (nothing can be pulled): bash, timeout and their libraries.
 MAKE_PROBE_IMAGE = f"""set -e
@@ -54,8 +58,9 @@ def daemon_json(fleet: harness.Fleet, host: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Fleet]:
-    faults = {"devserver-1": ["ip-forward-0"], "devserver-2": ["docker-preinstalled"]}
-    with harness.fleet_up("host", 2, tmp_path_factory.mktemp("host"), faults=faults, job=False) as up:
+    faults = {"devserver-1": ["ip-forward-0"], "devserver-2": ["docker-preinstalled"], HCE: ["ip-forward-0"]}
+    out = tmp_path_factory.mktemp("host")
+    with harness.fleet_up("host", 3, out, faults=faults, job=False, host_profiles={HCE: "hce2"}) as up:
         up.set_group_vars(docker_engine_insecure_registries=[REGISTRY])
         yield up
 
@@ -66,6 +71,7 @@ def before(fleet: harness.Fleet) -> dict[str, str]:
     return {
         "daemon_json_2": fleet.sh("devserver-2", "cat /etc/docker/daemon.json").stdout,
         "sysctl_conf_1": fleet.sh("devserver-1", "cat /etc/sysctl.conf").stdout,
+        "sysctl_conf_3": fleet.sh(HCE, "cat /etc/sysctl.conf").stdout,
     }
 
 
@@ -112,12 +118,14 @@ def test_check_mode_reports_changes_and_makes_none(
     fleet: harness.Fleet, check_run: harness.PlayResult, before: dict[str, str]
 ) -> None:
     check_run.assert_ok()
-    for host in ("devserver-1", "devserver-2"):
+    for host in (*DEBIAN, HCE):
         assert check_run.changed_count(host) > 0, host
-    changed_1 = check_run.changed["devserver-1"]
-    assert any("ip_forward" in name for name in changed_1), changed_1
-    assert "docker_engine : Report the packages a real run installs" in changed_1
-    assert "docker_engine : Write the merged daemon configuration" in check_run.changed["devserver-2"]
+    for host in ("devserver-1", HCE):
+        changed = check_run.changed[host]
+        assert any("ip_forward" in name for name in changed), changed
+        assert any(name.endswith("Report the packages a real run installs") for name in changed), changed
+    changed_2 = check_run.changed["devserver-2"]
+    assert any(name.endswith("Write the merged daemon configuration") for name in changed_2), changed_2
     # Nothing changed on the servers.
     assert fleet.sh("devserver-1", "sysctl -n net.ipv4.ip_forward").stdout.strip() == "0"
     assert fleet.sh("devserver-1", "cat /etc/sysctl.conf").stdout == before["sysctl_conf_1"]
@@ -125,13 +133,16 @@ def test_check_mode_reports_changes_and_makes_none(
     assert fleet.sh("devserver-1", "test -e /etc/docker/daemon.json").returncode != 0
     assert fleet.sh("devserver-2", "cat /etc/docker/daemon.json").stdout == before["daemon_json_2"]
     assert METADATA not in fleet.sh("devserver-2", "iptables -S DOCKER-USER").stdout
+    assert fleet.sh(HCE, "sysctl -n net.ipv4.ip_forward").stdout.strip() == "0"
+    assert fleet.sh(HCE, "cat /etc/sysctl.conf").stdout == before["sysctl_conf_3"]
+    assert fleet.sh(HCE, "rpm -q docker-engine").returncode != 0, "check mode installed docker-engine"
 
 
 def test_second_run_changes_nothing(runs: tuple[harness.PlayResult, harness.PlayResult]) -> None:
     first, second = runs
     assert first.changed_count("devserver-1") > 0
     second.assert_ok()
-    for host in ("devserver-1", "devserver-2"):
+    for host in (*DEBIAN, HCE):
         assert second.changed_count(host) == 0, second.changed.get(host)
 
 
@@ -141,10 +152,59 @@ def test_report_fact_of_the_first_run(runs: tuple[harness.PlayResult, harness.Pl
     preinstalled = first.fact("devserver-2", "llava_report_host")
     assert fresh["docker_installed_this_run"] is True
     assert preinstalled["docker_installed_this_run"] is False
-    for report in (fresh, preinstalled):
+    hce = first.fact(HCE, "llava_report_host")
+    assert hce["docker_installed_this_run"] is True
+    for report in (fresh, preinstalled, hce):
         assert report["docker_version"], report
-        assert report["docker_daemon_mode"] == "detached"  # the simulated servers run tini, not systemd
         assert report["ip_forward"] == 1 and report["metadata_guard"] is True
+    # The debian12 servers run tini, not systemd; the hce2 server boots systemd.
+    assert fresh["docker_daemon_mode"] == preinstalled["docker_daemon_mode"] == "detached"
+    assert hce["docker_daemon_mode"] == "systemd"
+
+
+def test_hce2_facts_as_on_a_real_hce_server(runs: tuple[harness.PlayResult, harness.PlayResult]) -> None:
+    """What Ansible gathers on the hce2 profile (docs/os-profiles.md): not the RedHat family by itself."""
+    first, _ = runs
+    facts = first.facts[HCE]  # gathered by playbooks/host.yml (the fleet's own fact cache starts empty)
+    assert facts["ansible_distribution"] == "Huawei Cloud EulerOS"
+    assert facts["ansible_os_family"] == "Huawei Cloud EulerOS"
+    assert facts["ansible_distribution_version"] == "2.0"
+    assert facts["ansible_pkg_mgr"] == "dnf"
+    assert facts["ansible_service_mgr"] == "systemd"
+    assert facts["discovered_interpreter_python"] == "/usr/bin/python3.9"
+
+
+def test_hce2_docker_from_the_guides_rpms_under_systemd(fleet: harness.Fleet, runs: Any) -> None:
+    rpms = fleet.sh(HCE, "rpm -q docker-engine docker-engine-selinux docker-runc python3-docker")
+    assert rpms.returncode == 0, rpms.stdout + rpms.stderr
+    assert fleet.sh(HCE, "systemctl is-active docker").stdout.strip() == "active"
+    assert fleet.sh(HCE, "systemctl is-enabled docker").stdout.strip() == "enabled"
+    assert fleet.sh(HCE, "python3 --version").stdout.startswith("Python 3.9.")
+    assert fleet.sh(HCE, "python3 -c 'import docker'").returncode == 0
+    assert fleet.sh(HCE, "command -v apt-get || command -v apt || command -v dpkg").returncode != 0
+    assert fleet.sh(HCE, "test -e /usr/local/sbin/llava-dockerd").returncode != 0  # no detached script
+    assert "net.ipv4.ip_forward" in fleet.sh(HCE, "systemd-analyze cat-config sysctl.d").stdout
+    assert REGISTRY in daemon_json(fleet, HCE)["insecure-registries"]
+
+
+def test_preflight_stops_on_a_python_this_ansible_core_cannot_manage(fleet: harness.Fleet, runs: Any) -> None:
+    """EulerOS 2.x ships Python 3.7; ansible-core 2.18+ needs 3.8: one message, no module traceback."""
+    fake = "/usr/local/bin/python3.7"
+    fleet.sh(HCE, f"printf '#!/bin/sh\\necho 3.7.9\\n' > {fake} && chmod 0755 {fake}", check=True)
+    try:
+        result = fleet.run_play(
+            "validate", "preflight", limit=HCE, extravars={"ansible_python_interpreter": fake}
+        )
+    finally:
+        fleet.sh(HCE, f"rm -f {fake}")
+    assert result.rc != 0
+    message = result.messages.get(HCE, "")
+    assert f"Python 3.7.9 ({fake}) is too old for ansible-core" in message, message
+    assert "3.8 or newer" in message
+    assert "ansible_python_interpreter" in message
+    assert "Traceback" not in result.output and "SyntaxError" not in result.output
+    # It stopped before any module ran there: the NPU checks never started on that server.
+    assert result.outcome(HCE, "npu_check : Run npu-smi info") is None
 
 
 def test_ip_forward_is_on_and_persisted(fleet: harness.Fleet, runs: Any, before: dict[str, str]) -> None:
@@ -242,14 +302,34 @@ def test_invalid_daemon_json_stops_the_role_and_is_kept(fleet: harness.Fleet, ru
 def test_after_a_reboot_ip_forward_is_on_and_a_rerun_restores_docker_and_the_guard(
     fleet: harness.Fleet, runs: Any
 ) -> None:
-    """Last: reboots devserver-1 (the sim server's boot sets ip_forward=0, then applies /etc/sysctl.conf)."""
-    fleet.container("devserver-1").restart(timeout=5)
+    """Last: reboots devserver-1 and the hce2 server (a simulated server's boot sets ip_forward=0, then
+    applies the persisted net.* settings: /etc/sysctl.conf without an init system, systemd-sysctl's files on
+    hce2)."""
+    for host in ("devserver-1", HCE):
+        fleet.container(host).restart(timeout=10)
     harness.wait_for(
         lambda: fleet.sh("devserver-1", "pidof sshd").returncode == 0, "sshd after the reboot", 30
+    )
+    harness.wait_for(
+        lambda: fleet.sh(HCE, "systemctl is-active ssh docker").stdout.split() == ["active", "active"],
+        "sshd and docker.service after the reboot of the hce2 server",
+        90,
     )
     assert fleet.sh("devserver-1", "sysctl -n net.ipv4.ip_forward").stdout.strip() == "1"
     # Nothing starts dockerd at boot without an init system, and its iptables rules are gone with it.
     assert fleet.sh("devserver-1", "pidof dockerd").returncode != 0
-    fleet.run_play("validate", "host", limit="devserver-1").assert_ok()
+    # systemd started Docker again (enabled at boot); ip_forward came back from the persisted file, before
+    # Docker (which would set it too) started.
+    assert fleet.sh(HCE, "sysctl -n net.ipv4.ip_forward").stdout.strip() == "1"
+    boot = fleet.sh(HCE, "journalctl -b -u npu-sim-boot --no-pager -o cat").stdout
+    assert "applied net.ipv4.ip_forward=1 from /etc/sysctl.d/99-sysctl.conf" in boot, boot
+    assert fleet.sh(HCE, "docker info --format '{{.ServerVersion}}'").returncode == 0
+    rerun = fleet.run_play("validate", "host", limit=f"devserver-1,{HCE}")
+    rerun.assert_ok()
     assert fleet.sh("devserver-1", "docker info --format '{{.ServerVersion}}'").returncode == 0
-    assert METADATA in fleet.sh("devserver-1", "iptables -S DOCKER-USER").stdout
+    for host in ("devserver-1", HCE):
+        assert METADATA in fleet.sh(host, "iptables -S DOCKER-USER").stdout
+    # On hce2 the rerun changes nothing but the guard's iptables rule, which no boot restores (iptables
+    # rules are not persisted by metadata_guard).
+    guard = f"Reject container traffic to the metadata address {METADATA}"
+    assert all(name.endswith(guard) for name in rerun.changed.get(HCE, [])), rerun.changed.get(HCE)

@@ -32,6 +32,15 @@ def register(subparsers: Any) -> None:
     up.add_argument("--name", default=DEFAULT_FLEET, help=f"fleet name (default {DEFAULT_FLEET})")
     up.add_argument("-o", "--output", type=Path, help="inventory directory (default .sim/NAME)")
     up.add_argument("--fault", action="append", default=[], metavar="HOST:FAULT", help=fault_help)
+    up.add_argument(
+        "--os",
+        action="append",
+        default=[],
+        metavar="[HOST:]PROFILE",
+        help="OS profile of every server, or of one (HOST = devserver-N or N; repeat for a mixed fleet): "
+        + "; ".join(f"{name}: {spec.description}" for name, spec in _profiles().items())
+        + " (default debian12)",
+    )
     up.add_argument("--npus", type=int, default=8, help="cards per server (default 8)")
     up.add_argument(
         "--devices-per-host", type=int, default=2, help="cards given to the training container (default 2)"
@@ -65,6 +74,12 @@ def register(subparsers: Any) -> None:
     down.set_defaults(func=cmd_down)
 
 
+def _profiles() -> dict[str, Any]:
+    from llava_devserver.sim.image import PROFILES
+
+    return dict(PROFILES)
+
+
 def up_description() -> str:
     return (
         "Start N simulated DevServers on a private Docker network and write DIR/devserver.ini and "
@@ -86,7 +101,7 @@ def _parse_faults(texts: list[str], hosts: list[str]) -> dict[str, list[Fault]]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from llava_devserver.sim.fleet import FleetError, fleet_up, host_name
+    from llava_devserver.sim.fleet import FleetError, fleet_up, host_name, parse_os_choices
     from llava_devserver.sim.image import SimImageError
 
     if args.hosts < 1:
@@ -96,7 +111,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     hosts = [host_name(i) for i in range(1, args.hosts + 1)]
     try:
         faults = _parse_faults(args.fault, hosts)
-    except FaultError as exc:
+        profiles = parse_os_choices(args.os, hosts)
+    except (FaultError, FleetError) as exc:
         return _fail(str(exc), EXIT_USAGE)
     output = args.output or Path(".sim") / args.name
     try:
@@ -109,6 +125,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             devices_per_host=args.devices_per_host,
             job=not args.no_job,
             registry=args.registry,
+            host_profiles=profiles,
         )
     except ModuleNotFoundError as exc:
         return _fail(f"the job stand-ins are not available ({exc}); use --no-job for servers only")
@@ -130,7 +147,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not rows:
         print("no simulated servers" + (f" in fleet {args.name!r}" if args.name else ""))
         return EXIT_OK
-    columns = ("fleet", "host", "status", "address", "faults", "container")
+    columns = ("fleet", "host", "os", "status", "address", "faults", "container")
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
     print("  ".join(c.upper().ljust(widths[c]) for c in columns))
     for row in rows:

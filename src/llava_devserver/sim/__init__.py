@@ -7,9 +7,12 @@
     llava-devserver sim down --name demo | --all
 
 A simulated server (fleet.py) is a container of the `llava-devserver/sim-server` image (image.py: a
-debootstrapped Debian bookworm, built locally and cached by recipe hash) on the fleet's own bridge network,
-with the options that let it run its own Docker engine without `--privileged`. At boot (files/npu-sim-init,
-run by tini as PID 1) it:
+debootstrapped Debian, built locally and cached by recipe hash) on the fleet's own bridge network, with the
+options that let it run its own Docker engine without `--privileged`. Its OS profile (`--os [HOST:]PROFILE`,
+docs/os-profiles.md) is `debian12` (bookworm, Python 3.11, apt, tini as PID 1) or `hce2` (a stand-in for
+Huawei Cloud EulerOS 2.0: Python 3.9, HCE's os-release, systemd as PID 1, dnf with a local repository of
+the guide's docker-engine RPMs, no apt). At boot (files/npu-sim-boot, run by npu-sim-init under tini, or
+by npu-sim-boot.service under systemd) it:
 
 - remounts /proc/sys rw and sets net.ipv4.ip_forward=0 (a fresh server may not forward; the role turns it
   on), then re-applies persisted net.* settings from /etc/sysctl.conf and /etc/sysctl.d, as a boot does;
@@ -19,8 +22,9 @@ run by tini as PID 1) it:
   real formats from the state);
 - starts sshd: root with the fleet's key only (DIR/ssh/id_ed25519).
 
-No Docker engine by default: the roles install docker.io with apt (the Debian mirror is reachable) and start
-it; the inner engine keeps its data in a per-server volume at /var/lib/docker.
+No Docker engine by default: the roles install it (debian12: docker.io with apt from the Debian mirror;
+hce2: docker-engine with dnf from the server's own repository) and start it; the inner engine keeps its data
+in a per-server volume at /var/lib/docker.
 
 `sim up` writes DIR/devserver.ini (group `devservers`, hosts devserver-1..N at their container addresses)
 and DIR/group_vars/all.yml (inventory.py): ordinary settings, 2 of the 8 cards per server given to the

@@ -14,9 +14,10 @@ inventory name (`devserver-2`), its number (`2`) or `all`.
 - `npu-smi-8005`: every npu-smi call fails with the DCMI error -8005.
 - `ip-forward-0`: net.ipv4.ip_forward=0 now and `net.ipv4.ip_forward=0` in /etc/sysctl.conf (as the
   guide shows). (Every server boots with ip_forward=0 anyway; this also persists it.)
-- `docker-preinstalled`: docker.io installed and dockerd running, with an existing /etc/docker/daemon.json
-  that makes the Ascend runtime the default (`default-runtime: ascend`; the runtime is a wrapper that
-  execs runc, so the engine works).
+- `docker-preinstalled`: Docker installed and running, with an existing /etc/docker/daemon.json that makes the
+  Ascend runtime the default (`default-runtime: ascend`; the runtime is a wrapper that execs runc, so the
+  engine works). On a debian12 server: apt's docker.io, dockerd started in the background (no init system);
+  on an hce2 server: dnf's docker-engine, `docker.service` enabled and started by systemd.
 - `device-bound[=NPU]`: docker-preinstalled + a running container `other-user-job` that holds
   /dev/davinciNPU (default 0).
 - The NPUs' own network (`hccn_tool`, see sim/device_network.py): `hccn-link-down[=CARD]` (the card's
@@ -60,11 +61,11 @@ FAULT_KINDS: dict[str, str] = {
     "driver-version": "the driver reports version VALUE (required)",
     "npu-smi-8005": "npu-smi fails with -8005",
     "ip-forward-0": "net.ipv4.ip_forward=0, also in /etc/sysctl.conf",
-    "docker-preinstalled": "docker.io running with an Ascend-runtime daemon.json",
+    "docker-preinstalled": "Docker installed and running with an Ascend-runtime daemon.json",
     "device-bound": "docker-preinstalled + container other-user-job holding /dev/davinciNPU (default 0)",
     **device_network.HCCN_FAULTS,
 }
-# Faults whose server is best started from the image with docker.io already installed.
+# Faults whose server is best started from the image with Docker already installed.
 DOCKER_FAULTS = frozenset({"docker-preinstalled", "device-bound"})
 _NEEDS_VALUE = frozenset({"driver-version", "hccn-ping-loss"})
 _INT_VALUE = frozenset(
@@ -250,23 +251,36 @@ DAEMON_JSON = {
 # The real Ascend Docker Runtime injects the NPUs and then runs runc; ours only runs runc.
 RUNTIME_WRAPPER = '#!/bin/sh\n# Simulated Ascend Docker Runtime: no devices to inject here.\nexec runc "$@"\n'
 
+# Each profile's way, decided on the server: systemd (hce2) starts and enables docker.service, as an engine
+# preinstalled on a real HCE server runs; without an init system (debian12) dockerd runs in the background.
 _START_DOCKERD = """
-if ! docker info >/dev/null 2>&1; then
+if [ -d /run/systemd/system ]; then
+  systemctl enable docker.service >/dev/null 2>&1
+  systemctl start docker.service || { journalctl -u docker.service -n 30 --no-pager; exit 1; }
+elif ! docker info >/dev/null 2>&1; then
   setsid dockerd >/var/log/dockerd.log 2>&1 </dev/null &
-  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && exit 0; sleep 1; done
-  echo "dockerd did not answer within 60 s:"; tail -n 30 /var/log/dockerd.log; exit 1
+fi
+for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && exit 0; sleep 1; done
+echo "dockerd did not answer within 60 s:"
+if [ -d /run/systemd/system ]; then journalctl -u docker.service -n 30 --no-pager
+else tail -n 30 /var/log/dockerd.log; fi
+exit 1
+"""
+
+# The server's own package manager: dnf (hce2: the guide's packages) or apt (debian12: docker.io).
+_INSTALL_DOCKER = """
+command -v dockerd >/dev/null && exit 0
+if command -v dnf >/dev/null; then
+  dnf install -y -q docker-engine docker-engine-selinux docker-runc >/dev/null
+else
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null
 fi
 """
 
 
 def _preinstall_docker(container: Container) -> None:
-    run_in(
-        container,
-        "command -v dockerd >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive"
-        " apt-get install -y -qq --no-install-recommends docker.io >/dev/null; }",
-        "installing docker.io",
-        timeout_s=900,
-    )
+    run_in(container, _INSTALL_DOCKER, "installing Docker", timeout_s=900)
     run_in(container, f"mkdir -p {ASCEND_RUNTIME.rsplit('/', 1)[0]} /etc/docker", "creating directories")
     put_file(container, ASCEND_RUNTIME, RUNTIME_WRAPPER.encode(), mode=0o755)
     put_file(container, "/etc/docker/daemon.json", (json.dumps(DAEMON_JSON, indent=4) + "\n").encode())

@@ -7,7 +7,10 @@ Docker objects of fleet NAME (all labelled `llava-devserver.sim.fleet=NAME`):
 
 The options are the ones that let a server run its own Docker engine without `--privileged` (refused here):
 SYS_ADMIN, NET_ADMIN, MKNOD and SYS_PTRACE, seccomp and AppArmor unconfined, the host's cgroup namespace with
-/sys/fs/cgroup mounted rw, a volume at /var/lib/docker and a tmpfs at /run.
+/sys/fs/cgroup mounted rw, a volume at /var/lib/docker and a tmpfs at /run (and /run/lock for systemd).
+
+Each server has an OS profile (image.PROFILES: `debian12`, `hce2`), the whole fleet's or its own
+(`--os hce2`, `--os devserver-1:hce2`: a mixed fleet), recorded in the label `llava-devserver.sim.os`.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ FLEET_LABEL = "llava-devserver.sim.fleet"
 HOST_LABEL = "llava-devserver.sim.host"
 INDEX_LABEL = "llava-devserver.sim.index"
 FAULTS_LABEL = "llava-devserver.sim.faults"
+OS_LABEL = "llava-devserver.sim.os"
 DEFAULT_DRIVER = "23.0.5"
 SSH_TIMEOUT_S = 60
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
@@ -55,6 +59,25 @@ class FleetResult:
     inventory: Path
     hosts: list[SimHost]
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def parse_os_choices(texts: list[str], hosts: list[str]) -> dict[str, str]:
+    """`--os` values -> the profile of every host: `PROFILE` for the whole fleet, `HOST:PROFILE` for one
+    server (HOST = devserver-N or N), later values winning; hosts not named get debian12."""
+    chosen = dict.fromkeys(hosts, sim_image.DEFAULT_PROFILE)
+    for text in texts:
+        host, sep, profile = text.rpartition(":")
+        if profile not in sim_image.PROFILES:
+            known = ", ".join(sim_image.PROFILES)
+            raise FleetError(f"--os {text!r}: unknown OS profile {profile!r} (known: {known})")
+        if not sep:
+            chosen = dict.fromkeys(hosts, profile)
+            continue
+        name = host_name(int(host)) if host.isdigit() else host
+        if name not in chosen:
+            raise FleetError(f"--os {text!r}: no host {host!r} in the fleet ({', '.join(hosts)})")
+        chosen[name] = profile
+    return chosen
 
 
 def network_name(fleet: str) -> str:
@@ -145,6 +168,7 @@ def _create_server(
     npus: int,
     faults: list[Fault],
     n_hosts: int,
+    profile: str = sim_image.DEFAULT_PROFILE,
 ) -> Container:
     name = host_name(index)
     labels = {
@@ -152,7 +176,11 @@ def _create_server(
         HOST_LABEL: name,
         INDEX_LABEL: str(index),
         FAULTS_LABEL: ",".join(str(f) for f in faults),
+        OS_LABEL: profile,
     }
+    tmpfs = {"/run": "rw,exec,nosuid,nodev,mode=755"}
+    if sim_image.get_profile(profile).init == "systemd":
+        tmpfs["/run/lock"] = "rw,noexec,nosuid,nodev,size=5m"
     volume = volume_name(fleet, index)
     for name in (volume, device_network_volume(fleet)):
         try:
@@ -175,7 +203,7 @@ def _create_server(
             volume: {"bind": "/var/lib/docker", "mode": "rw"},
             device_network_volume(fleet): {"bind": device_network.FLEET_DIR, "mode": "rw"},
         },
-        tmpfs={"/run": "rw,exec,nosuid,nodev,mode=755"},
+        tmpfs=tmpfs,
         network=network_name(fleet),
         # Servers find each other by inventory name, as on a real cluster with DNS or /etc/hosts.
         networking_config={
@@ -263,8 +291,13 @@ def fleet_up(
     job: bool = True,
     log: Log = print,
     registry: bool = False,
+    profile: str = sim_image.DEFAULT_PROFILE,
+    host_profiles: dict[str, str] | None = None,
 ) -> FleetResult:
     """Start (or reuse) fleet `fleet` with n_hosts servers and write its inventory to out_dir.
+
+    profile: the OS profile of every server (image.PROFILES); host_profiles: the profile of single servers
+    (a mixed fleet), overriding it.
 
     registry: with the job, also start a local registry standing in for SWR on the fleet network, push the
     training image to it and write an inventory that pulls the image from there (instead of loading the
@@ -282,6 +315,13 @@ def fleet_up(
     unknown = sorted(set(faults) - set(hosts))
     if unknown:
         raise FleetError(f"faults for hosts not in the fleet: {', '.join(unknown)}")
+    profiles = dict.fromkeys(hosts, profile) | (host_profiles or {})
+    unknown = sorted(set(profiles) - set(hosts))
+    if unknown:
+        raise FleetError(f"OS profiles for hosts not in the fleet: {', '.join(unknown)}")
+    for name in sorted(set(profiles.values())):
+        if name not in sim_image.PROFILES:
+            raise FleetError(f"unknown OS profile {name!r} (known: {', '.join(sim_image.PROFILES)})")
     out_dir = out_dir.resolve()
     timings: dict[str, float] = {}
     started = time.monotonic()
@@ -295,9 +335,14 @@ def fleet_up(
         )
 
     mark = time.monotonic()
-    server_image = sim_image.ensure_server_image(client)
-    needs_docker = any(f.kind in DOCKER_FAULTS for host_faults in faults.values() for f in host_faults)
-    docker_image = sim_image.ensure_docker_server_image(client) if needs_docker and not existing else None
+    server_images = {
+        name: sim_image.ensure_server_image(client, name) for name in sorted(set(profiles.values()))
+    }
+    docker_images: dict[str, str] = {}
+    if not existing:
+        for name, host_faults in faults.items():
+            if any(f.kind in DOCKER_FAULTS for f in host_faults) and profiles[name] not in docker_images:
+                docker_images[profiles[name]] = sim_image.ensure_docker_server_image(client, profiles[name])
     timings["images"] = time.monotonic() - mark
 
     job_stand_ins = _prepare_job(client, out_dir, log) if job else None
@@ -312,16 +357,25 @@ def fleet_up(
         name = host_name(index)
         container = by_name.get(name)
         created = container is None
+        server_image = server_images[profiles[name]]
         if container is None:
             host_faults = faults.get(name, [])
             wants_docker = any(f.kind in DOCKER_FAULTS for f in host_faults)
-            image = docker_image if wants_docker and docker_image else server_image
-            container = _create_server(client, fleet, index, image, npus, host_faults, n_hosts)
+            image = docker_images.get(profiles[name], server_image) if wants_docker else server_image
+            container = _create_server(
+                client, fleet, index, image, npus, host_faults, n_hosts, profiles[name]
+            )
         else:
+            running = container.labels.get(OS_LABEL, sim_image.DEFAULT_PROFILE)
+            if running != profiles[name]:
+                raise FleetError(
+                    f"{name} of fleet {fleet!r} runs the {running} profile, not {profiles[name]}; "
+                    f"run `llava-devserver sim down --name {fleet}` first"
+                )
             if faults.get(name):
                 log(f"sim: {name} already exists; faults apply to the running server")
             used = str(container.attrs.get("Config", {}).get("Image", ""))
-            if used.startswith(sim_image.SERVER_REPOSITORY + ":") and used != server_image:
+            if used.startswith(sim_image.server_repository(running) + ":") and used != server_image:
                 log(f"sim: {name} runs an older server image ({used}); `sim down --name {fleet}` to refresh")
         if container.status != "running":
             container.start()
@@ -348,8 +402,11 @@ def fleet_up(
         log(f"sim: registry {stand_in.address} serves {reference} ({timings['registry']:.1f} s)")
     inventory = write_inventory(out_dir, sim_hosts, key, fleet, settings, job=job)
     timings["total"] = time.monotonic() - started
+    counts = {name: list(profiles.values()).count(name) for name in sorted(set(profiles.values()))}
     log(
-        f"sim: fleet {fleet!r}: {n_hosts} servers ({created} started, {n_hosts - created} reused) "
+        f"sim: fleet {fleet!r}: {n_hosts} servers ("
+        + ", ".join(f"{count} {name}" for name, count in counts.items())
+        + f"; {created} started, {n_hosts - created} reused) "
         f"ready over SSH; images {timings['images']:.1f} s, servers {timings['servers']:.1f} s, "
         f"total {timings['total']:.1f} s"
     )
@@ -383,6 +440,7 @@ def fleet_status(fleet: str | None = None) -> list[dict[str, str]]:
                 "status": container.status,
                 "address": networks.get(network_name(name), {}).get("IPAddress", ""),
                 "faults": container.labels.get(FAULTS_LABEL, ""),
+                "os": container.labels.get(OS_LABEL, sim_image.DEFAULT_PROFILE),
                 "image": (container.image.tags or [container.image.id])[0] if container.image else "",
             }
         )
