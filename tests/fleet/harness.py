@@ -69,6 +69,12 @@ class TaskResult:
     event: str  # runner_on_ok, runner_on_failed, runner_on_skipped, runner_on_unreachable
     res: dict[str, Any]
     ignored: bool = False  # failed under ignore_errors
+    role: str = ""
+
+    @property
+    def label(self) -> str:
+        """`role : task` as Ansible prints it (the task name alone outside roles)."""
+        return f"{self.role} : {self.task}" if self.role else self.task
 
     @property
     def failed(self) -> bool:
@@ -118,7 +124,13 @@ class PlayResult:
 
     @property
     def changed(self) -> dict[str, list[str]]:
-        return self.run.changed_tasks
+        """host -> `role : task` of every task that changed something, in order."""
+        out: dict[str, list[str]] = {}
+        for host, results in self.results.items():
+            names = [r.label for r in results if r.event == "runner_on_ok" and r.res.get("changed")]
+            if names:
+                out[host] = names
+        return out
 
     @property
     def facts(self) -> dict[str, dict[str, Any]]:
@@ -131,13 +143,13 @@ class PlayResult:
 
     def task(self, host: str, name: str) -> TaskResult:
         """The last result of the task called `name` (or ending in `: name`, as roles prefix) on host."""
-        found = [r for r in self.results.get(host, []) if r.task == name or r.task.endswith(f" : {name}")]
+        found = [r for r in self.results.get(host, []) if name in (r.task, r.label)]
         assert found, f"{host} ran no task {name!r}\n{self.tail()}"
         return found[-1]
 
     def outcome(self, host: str, name: str) -> str | None:
         """changed, ok, skipped, failed or unreachable: the last result of task `name` on host, or None."""
-        found = [r for r in self.results.get(host, []) if r.task == name or r.task.endswith(f" : {name}")]
+        found = [r for r in self.results.get(host, []) if name in (r.task, r.label)]
         if not found:
             return None
         last = found[-1]
