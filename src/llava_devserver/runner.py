@@ -284,6 +284,9 @@ def run_playbook(
             quiet=True,
             ident="ansible",
             suppress_env_files=True,
+            # ansible-runner would point the fact cache at this run's artifacts (empty every run), so a
+            # `--tags` run that skips fact gathering would find no facts: keep ansible.cfg's cache.
+            fact_cache_type="ansible.cfg",
             passwords=dict(passwords or {}),
         )
 

@@ -206,3 +206,28 @@ def test_limit_and_tags(tmp_path: Path) -> None:
     result = run_playbook(playbook, inventory, run_dir=tmp_path / "run", limit="node-a", tags="mine")
     assert result.exit_code == 0
     assert result.changed_tasks == {"node-a": ["Tagged task"]}
+
+
+def test_facts_are_cached_where_ansible_cfg_or_the_environment_says(tmp_path: Path) -> None:
+    """A cacheable fact of one run is there in the next one (`--tags` runs that skip gathering need the
+    cache), in the fact cache the caller names, not in ansible-runner's per-run artifacts."""
+    inventory = local_inventory(tmp_path, hosts=("node-a",))
+    cache = tmp_path / "facts"
+    first = write_playbook(
+        tmp_path,
+        "- hosts: devservers\n  gather_facts: false\n  tasks:\n"
+        "    - name: Remember\n      ansible.builtin.set_fact:\n"
+        "        remembered: 42\n        cacheable: true\n",
+        "first.yml",
+    )
+    second = write_playbook(
+        tmp_path,
+        "- hosts: devservers\n  gather_facts: false\n  tasks:\n"
+        "    - name: Recall\n      ansible.builtin.assert:\n"
+        "        that: remembered | default(0) | int == 42\n",
+        "second.yml",
+    )
+    env = {"ANSIBLE_CACHE_PLUGIN_CONNECTION": str(cache)}
+    assert run_playbook(first, inventory, run_dir=tmp_path / "r1", env=env).exit_code == 0
+    assert [p.name for p in cache.iterdir() if p.name.endswith("node-a")], "no fact cache entry"
+    assert run_playbook(second, inventory, run_dir=tmp_path / "r2", env=env).exit_code == 0
