@@ -328,6 +328,7 @@ class Fleet:
                         kind,
                         dict(data.get("res") or {}),
                         bool(data.get("ignore_errors")),
+                        str(data.get("role") or ""),
                     )
                 )
 
