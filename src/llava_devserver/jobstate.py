@@ -38,8 +38,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
+
+UTC = timezone.utc  # noqa: UP017 (datetime.UTC is 3.11+; servers run Python 3.7 and newer)
 
 STATE_NAME = "job.json"
 LOCK_NAME = "job.lock"
