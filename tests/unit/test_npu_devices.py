@@ -3,7 +3,6 @@ and the adapters that use them (the settings model, container_spec, the npu_chec
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -22,6 +21,7 @@ from llava_devserver.npu_devices import (
     parse_device_ids,
     read_device_ids,
 )
+from role_plugins import load_role_filter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -181,12 +181,7 @@ def test_the_sentence_names_the_npu_the_container_and_what_to_do() -> None:
 
 
 def _npu_check_filter() -> ModuleType:
-    path = ROOT / "roles" / "npu_check" / "filter_plugins" / "npu_check_bound.py"
-    spec = importlib.util.spec_from_file_location("npu_check_bound_for_rule", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_role_filter("npu_check", "npu_check_bound")
 
 
 def test_preflight_and_container_role_agree_on_every_kind_of_container() -> None:

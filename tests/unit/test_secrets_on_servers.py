@@ -4,13 +4,13 @@ checks (other tenants' environments never reach the control node)."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import subprocess
 import sys
 import types
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ import yaml
 
 from llava_devserver import assets_manifest as am
 from llava_devserver import assets_plan as ap
+from role_plugins import load_role_filter
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "hf_TheSecretToken1234567890"
@@ -123,13 +124,8 @@ def test_registry_login_goes_to_a_temporary_docker_config_removed_in_always() ->
 # --- Docker state in the preflight ------------------------------------------------------------------------
 
 
-def _bound() -> types.ModuleType:
-    path = REPO / "roles" / "npu_check" / "filter_plugins" / "npu_check_bound.py"
-    spec = importlib.util.spec_from_file_location("npu_check_bound_unit", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _bound() -> ModuleType:
+    return load_role_filter("npu_check", "npu_check_bound")
 
 
 def test_reduced_container_lines_are_what_the_check_reads() -> None:
