@@ -237,11 +237,14 @@ exit "${EXIT_STATUS:-0}"
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> tuple[jobstate.Paths, jobstate.Container, Path, list[list[str]]]:
+def workspace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[jobstate.Paths, jobstate.Container, Path, list[list[str]]]:
     tree = tmp_path / "ws" / "LLaVA"
     (tree / "scripts").mkdir(parents=True)
     (tree / "scripts" / "run.sh").write_text(SCRIPT)
-    paths = jobstate.Paths(str(tmp_path / "ws"), str(tmp_path / "ws"))
+    monkeypatch.setenv(jobstate.STATE_ROOT_ENV, str(tmp_path / "state"))
+    paths = jobstate.Paths(str(tmp_path / "ws"), str(tmp_path / "ws"), "c")
     os.makedirs(paths.log_dir)
     calls: list[list[str]] = []
     return paths, jobstate.Container("c", runner=_local_runner(calls, str(tmp_path))), tree, calls
@@ -320,7 +323,7 @@ def test_stop_signals_the_group_and_marks_stopped(workspace: Any, monkeypatch: p
 
 def test_a_vanished_launcher_is_failed(workspace: Any) -> None:
     paths, container, _, _ = workspace
-    jobstate.write_job(paths.state_file, {"state": "running", "pid": 999999, "log": paths.log_dir + "/x.log"})
+    jobstate.write_job(paths, {"state": "running", "pid": 999999, "log": paths.log_dir + "/x.log"})
     out = jobstate.probe(paths, container, NOW)
     assert out["job"]["state"] == "failed" and out["job"]["exit_code"] is None
 
@@ -342,6 +345,7 @@ def test_command_line_prints_one_json_object(workspace: Any) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"job": {}, "llava_progress": {}}
+    Path(paths.state_file).parent.mkdir(parents=True, exist_ok=True)
     Path(paths.state_file).write_text("{broken")
     result = subprocess.run(
         [sys.executable, jobstate.__file__, "probe", "--work-dir", paths.work_dir, "--container-work-dir",
