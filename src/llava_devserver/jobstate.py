@@ -954,22 +954,25 @@ def fetch_copy(paths: Paths) -> dict[str, Any]:
     tmp = f"{paths.fetch_file}.tmp{os.getpid()}"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
-    with log_folder(paths) as dir_fd:
-        src = _open_log_file(paths, dir_fd, name)
-        if src is None:
-            return {"job": job, "llava_progress": progress_view(job), "fetch": None}
+    try:
+        with log_folder(paths) as dir_fd:
+            src = _open_log_file(paths, dir_fd, name)
+    except FileNotFoundError:
+        src = None
+    if src is None:
+        return {"job": job, "llava_progress": progress_view(job), "fetch": None}
+    try:
+        dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o600)
         try:
-            dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o600)
-            try:
-                while True:
-                    chunk = os.read(src, 1 << 20)
-                    if not chunk:
-                        break
-                    os.write(dst, chunk)
-            finally:
-                os.close(dst)
+            while True:
+                chunk = os.read(src, 1 << 20)
+                if not chunk:
+                    break
+                os.write(dst, chunk)
         finally:
-            os.close(src)
+            os.close(dst)
+    finally:
+        os.close(src)
     os.replace(tmp, paths.fetch_file)
     return {"job": job, "llava_progress": progress_view(job), "fetch": paths.fetch_file}
 
@@ -996,8 +999,11 @@ def stream_log(
         sys.stderr.write(f"no job on this server: {paths.state_file} names no log\n")
         return 3
     while True:
-        with log_folder(paths) as dir_fd:
-            fd = _open_log_file(paths, dir_fd, name)
+        try:
+            with log_folder(paths) as dir_fd:
+                fd = _open_log_file(paths, dir_fd, name)
+        except FileNotFoundError:
+            fd = None
         if fd is None:
             sys.stderr.write(f"the log {os.path.join(paths.log_dir, name)} is missing\n")
             return 3
