@@ -806,6 +806,8 @@ def status(paths: Paths, lines: int = 400, output_dir: str | None = None) -> dic
 
 def last_lines(text: str, count: int) -> list[str]:
     """The last lines of a log, each progress-bar rewrite (carriage return) reduced to its final state."""
+    if count <= 0:
+        return []
     lines = [line.rsplit("\r", 1)[-1].rstrip() for line in text.split("\n")]
     return [line for line in lines if line.strip()][-count:]
 
