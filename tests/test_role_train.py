@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 FLEET = f"train-{os.getpid()}"
 CONTAINER = "llava-pretrain"
 WORK_DIR = "/data/llava-devserver"
-JOB_FILE = f"{WORK_DIR}/.llava-devserver/job.json"
+JOB_FILE = f"/var/lib/llava-devserver/{CONTAINER}/job.json"  # root-only, outside the container's reach
 COMMIT = "5d8f1760c08b7dfba3ae97b71cbd4c6f17d12dbd"
 TREE = f"{WORK_DIR}/multimodal_algorithm/LLAVA/llava-train/{COMMIT}/LLaVA"
 MULTI_OUTPUT = f"{TREE}/checkpoints/llava-sim-pretrain"
@@ -139,7 +139,7 @@ def wait_for(fleet: Fleet, host: str, command: str, what: str, seconds: float = 
         if ssh(fleet, host, command).returncode == 0:
             return
         time.sleep(1)
-    state = ssh(fleet, host, f"cat {WORK_DIR}/.llava-devserver/job.json").stdout
+    state = ssh(fleet, host, f"cat {JOB_FILE}").stdout
     tail = ssh(fleet, host, f"tail -n 30 $(ls -t {WORK_DIR}/.llava-devserver/logs/*.log | head -n 1)").stdout
     pytest.fail(f"{host}: {what} did not happen within {seconds} s\njob.json: {state}\nlog tail:\n{tail}")
 
@@ -209,6 +209,14 @@ def test_three_node_job_runs_to_completion(fleet: Fleet, tmp_path: Path) -> None
     entry = next(h for h in report["hosts"] if h["host"] == "devserver-1")
     assert entry["job"] == "finished" and entry["step"] == 20 and entry["loss"]["summary"]["steps"] == 20
     assert entry["facts"]["job"]["loss_summary"]["last"] == summary.last
+    # HF style: global rank 0 prints the loss, and loss_log_node auto finds node 0
+    assert report["training"]["loss_log"] == {
+        "host": "devserver-1",
+        "node_rank": 0,
+        "log": entry["loss"]["log"],
+    }
+    assert report["training"]["throughput"]["samples_per_second"] > 0
+    assert report["training"]["projector"]["host"] == "devserver-1"
 
     # the projector on node 0; the other nodes keep their checkpoints (node-local output_dir)
     assert ssh(fleet, "devserver-1", f"test -s {MULTI_OUTPUT}/mm_projector.bin").returncode == 0
