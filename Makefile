@@ -36,16 +36,19 @@ lint: venv
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint --offline --profile production
 
+# --durations: the slowest tests of every run are printed, so that growth is seen.
 unit: venv host-tools
-	$(BIN)/pytest -m "not fleet"
+	$(BIN)/pytest -m "not fleet" --durations=10 tests/unit tests/fleet
 
 fleet-tests: venv host-tools docker
-	$(BIN)/pytest -m fleet
+	$(BIN)/pytest -m fleet --durations=10 tests/unit tests/fleet
 
 molecule: venv host-tools docker
 	for s in default fleet faults; do $(BIN)/molecule test -s $$s || exit 1; done
 
-test: lint unit fleet-tests molecule
+# What CI runs: each stage timed, the times printed at the end (scripts/stages.sh).
+test:
+	scripts/stages.sh venv host-tools docker lint unit fleet-tests molecule
 
 bench: venv host-tools docker
 	$(PY) bench/validate_bench.py

@@ -14,12 +14,13 @@ control node -> seed, seed -> each other server) and each server's interface cou
 The synthetic assets are tiny (~1 MB); `--pad-mb` adds a blob of random bytes to the image folder (a
 copy of the assets, default 64 MB) so that the asset traffic dominates Ansible's.
 
-    .venv/bin/python bench/staging_bench.py [--sizes 1 3] [--pad-mb 64]
+    python bench/staging_bench.py [--sizes 1 3] [--pad-mb 64]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -28,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "fleet"))
 
-import workspace_support as ws  # noqa: E402
+import harness  # noqa: E402  (the fleet tests' harness: the same fleets and runs)
 from llava_devserver.assets_manifest import fingerprint  # noqa: E402
 
 
@@ -38,10 +39,10 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.1f}"
 
 
-def padded_assets(fleet: ws.Fleet, pad_mb: int) -> int:
+def padded_assets(fleet: harness.Fleet, pad_mb: int) -> int:
     """Point the fleet's assets at a copy whose image folder carries `pad_mb` MB more; returns the total
     asset bytes."""
-    settings = ws.group_vars(fleet)
+    settings = fleet.group_vars()
     assets = settings["assets"]
     root = Path(assets["images"]["path"]).parent
     copy = fleet.dir / "bench-assets"
@@ -54,9 +55,7 @@ def padded_assets(fleet: ws.Fleet, pad_mb: int) -> int:
                     handle.write(os.urandom(1 << 20))
     for spec in assets.values():
         spec["path"] = str(copy / Path(spec["path"]).name)
-    import yaml
-
-    (fleet.dir / "group_vars" / "all.yml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    fleet.set_group_vars(assets=assets)
     total = 0
     for spec in assets.values():
         fp = fingerprint(spec["path"])
@@ -66,23 +65,23 @@ def padded_assets(fleet: ws.Fleet, pad_mb: int) -> int:
 
 
 def measure(n: int, pad_mb: int, keep: bool) -> dict[str, Any]:
-    from llava_devserver.sim import fleet as sim_fleet
-
-    name = f"stgb{n}-{os.getpid()}"
     out = Path(tempfile.mkdtemp(prefix=f"staging-bench-{n}-"))
+    stack = contextlib.ExitStack()
     try:
-        fleet = ws.fleet_up(name, n, out)
+        fleet = stack.enter_context(harness.fleet_up(f"stgb{n}", n, out, docker=True, devices_per_host=1))
+        if keep:
+            stack.pop_all()  # leave the fleet up (remove it with `llava-devserver sim down`)
+        harness.use_small_training_image(fleet)
         total = padded_assets(fleet, pad_mb)
-        setup = ws.run_play(fleet, ("validate", "host", "container"))
-        assert setup.rc == 0, setup.output[-3000:]
-        built = ws.run_play(fleet, ("validate", "workspace"), "--tags", "llava_workspace")
-        assert built.rc == 0, built.output[-3000:]
-        before = ws.net_counters(fleet)
-        staging = ws.run_play(fleet, ("validate", "workspace"), "--tags", "llava_assets")
-        after = ws.net_counters(fleet)
-        assert staging.rc == 0, staging.output[-3000:]
-        noop = ws.run_play(fleet, ("validate", "workspace"), "--tags", "llava_assets")
-        assert noop.rc == 0 and all(r["changed"] == 0 for r in noop.recap.values()), noop.output[-3000:]
+        fleet.run_play("validate", "host", "container").assert_ok()
+        fleet.run_play("validate", "workspace", tags="llava_workspace").assert_ok()
+        before = fleet.net_counters()
+        staging = fleet.run_play("validate", "workspace", tags="llava_assets")
+        after = fleet.net_counters()
+        staging.assert_ok()
+        noop = fleet.run_play("validate", "workspace", tags="llava_assets")
+        noop.assert_ok()
+        assert all(r["changed"] == 0 for r in noop.recap.values()), noop.changed
         facts = {h["host"]: h["facts"]["assets"] for h in staging.report()["hosts"]}
         from_control = sum(f["bytes_from_control"] for f in facts.values())
         from_seed = sum(f["bytes_transferred"] - f["bytes_from_control"] for f in facts.values())
@@ -100,8 +99,8 @@ def measure(n: int, pad_mb: int, keep: bool) -> dict[str, Any]:
             "noop_s": noop.seconds,
         }
     finally:
+        stack.close()
         if not keep:
-            sim_fleet.fleet_down(name, log=lambda _: None)
             shutil.rmtree(out, ignore_errors=True)
 
 

@@ -4,7 +4,7 @@ The role stays thin: `check_plan` builds the launch (one `torchrun` per server, 
 container, the way the training job is launched), `parse_document` finds the check's JSON on stdout, and
 `check_result` turns the document (or its absence) into the `llava_report_accel` fact and ONE failure
 message naming the cause with the measured figures. Pure functions on plain data: unit-tested in
-tests/test_accel_launch.py. The schema of the document is in docs/accel_check.md.
+tests/unit/test_accel_launch.py. The schema of the document is in docs/accel_check.md.
 """
 
 from __future__ import annotations

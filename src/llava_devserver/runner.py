@@ -227,8 +227,14 @@ def run_playbook(
     on_event: EventHandler | None = None,
     root: Path | None = None,
     vault_password_file: str | Path | None = None,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> RunResult:
-    """Run PLAYBOOK (relative to the project root, or absolute) against INVENTORY; see the module doc."""
+    """Run PLAYBOOK (relative to the project root, or absolute) against INVENTORY; see the module doc.
+
+    extra_args: more ansible-playbook arguments (e.g. `--forks 4`); env: more environment variables of the
+    ansible-playbook process, over the project's own (e.g. a fact cache of one's own).
+    """
     import ansible_runner
 
     root = root or find_project_root()
@@ -261,8 +267,16 @@ def run_playbook(
             limit=limit,
             tags=tags,
             skip_tags=skip_tags,
-            cmdline=_cmdline(check, diff, extravars, vault_password_file) or None,
-            envvars=runner_env(root, run_path),
+            cmdline=" ".join(
+                part
+                for part in (
+                    _cmdline(check, diff, extravars, vault_password_file),
+                    " ".join(shlex.quote(a) for a in extra_args),
+                )
+                if part
+            )
+            or None,
+            envvars=runner_env(root, run_path) | dict(env or {}),
             event_handler=handle,
             quiet=True,
             ident="ansible",

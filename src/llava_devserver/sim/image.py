@@ -15,24 +15,23 @@ unchanged one is reused (a lookup, well under a second).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import io
-import json
 import os
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
+
+from llava_devserver.sim import image_cache
+from llava_devserver.sim.image_cache import build_lock as _build_lock
+from llava_devserver.sim.image_cache import has_image as _find_image
+from llava_devserver.sim.image_cache import recipe_hash as _hash
 
 # Bump when the build steps change in a way the recipe below does not capture.
 BASE_SCRIPT_VERSION = "1"
@@ -94,15 +93,11 @@ SERVER_FILES = {
     "sshd_config": "/etc/ssh/sshd_config.d/llava-sim.conf",
 }
 
-CACHE_DIR = Path(os.environ.get("LLAVA_DEVSERVER_CACHE", Path.home() / ".cache" / "llava-devserver"))
+CACHE_DIR = image_cache.CACHE_DIR
 
 
 class SimImageError(RuntimeError):
     """An image of the simulated fleet could not be built."""
-
-
-def _hash(recipe: Any) -> str:
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def base_recipe() -> dict[str, Any]:
@@ -117,26 +112,6 @@ def base_recipe() -> dict[str, Any]:
 
 def base_image_tag() -> str:
     return f"{BASE_REPOSITORY}:{_hash(base_recipe())}"
-
-
-def _find_image(client: docker.DockerClient, tag: str) -> bool:
-    try:
-        client.images.get(tag)
-    except docker.errors.ImageNotFound:
-        return False
-    return True
-
-
-@contextmanager
-def _build_lock(name: str) -> Iterator[None]:
-    """Serialise builds across processes (tests and the training-image build may race for the base)."""
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with open(CACHE_DIR / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def ensure_base_image(client: docker.DockerClient) -> str:
@@ -270,19 +245,12 @@ def _prune_older(client: docker.DockerClient, tag: str) -> None:
 
 
 def _build_from_context(client: docker.DockerClient, tag: str, files: dict[str, bytes]) -> None:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o755
-            tar.addfile(info, io.BytesIO(data))
-    buffer.seek(0)
+    dockerfile = files["Dockerfile"].decode()
+    others = {name: data for name, data in files.items() if name != "Dockerfile"}
     try:
-        client.images.build(fileobj=buffer, custom_context=True, tag=tag, rm=True, forcerm=True, pull=False)
-    except docker.errors.BuildError as exc:
-        log = "".join(str(chunk.get("stream", chunk.get("error", ""))) for chunk in exc.build_log)
-        raise SimImageError(f"building {tag} failed: {exc}\n{log[-3000:]}") from exc
+        image_cache.build(client, tag, image_cache.build_context(dockerfile, others))
+    except image_cache.ImageBuildError as exc:
+        raise SimImageError(str(exc)) from exc
     _prune_older(client, tag)
 
 

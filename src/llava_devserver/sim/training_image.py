@@ -13,16 +13,11 @@ each simulated server.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import io
 import json
 import subprocess
 import sys
-import tarfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -30,6 +25,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from llava_devserver.sim import image_cache
 from llava_devserver.sim.image import CACHE_DIR, LABEL, ensure_base_image
 
 # Bump when the build changes in a way the recipe below does not capture.
@@ -89,15 +85,18 @@ def ensure_training_image(client: docker.DockerClient) -> TrainingImage:
     dockerfile = render_dockerfile(base)
     tag = f"{REPOSITORY}:{_recipe_hash(base, dockerfile, files)}"
     archive = IMAGES_DIR / f"{tag.replace('/', '_').replace(':', '_')}.tar"
-    with _lock("train-image"):
-        if not _has_image(client, tag):
+    with image_cache.build_lock("train-image"):
+        if not image_cache.has_image(client, tag):
             wheels = ensure_wheelhouse()
             started = time.monotonic()
             _build(client, tag, dockerfile, files, wheels)
             print(f"sim: built {tag} in {time.monotonic() - started:.0f} s", flush=True)
             archive.unlink(missing_ok=True)
         if not archive.is_file():
-            _save(client, tag, archive)
+            try:
+                image_cache.save_image(client, tag, archive)
+            except image_cache.ImageBuildError as error:
+                raise TrainingImageError(str(error)) from error
             # Archives of earlier recipes are 1 GB each and nothing loads them any more.
             for stale in IMAGES_DIR.glob(f"{REPOSITORY.replace('/', '_')}_*.tar"):
                 if stale != archive:
@@ -179,61 +178,14 @@ def _recipe_hash(base: str, dockerfile: str, files: dict[str, bytes]) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _has_image(client: docker.DockerClient, tag: str) -> bool:
-    try:
-        client.images.get(tag)
-    except docker.errors.ImageNotFound:
-        return False
-    return True
-
-
-@contextmanager
-def _lock(name: str) -> Iterator[None]:
-    """One build at a time across processes (parallel tests may all ask for the image)."""
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with open(CACHE_DIR / f"{name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _build(
     client: docker.DockerClient, tag: str, dockerfile: str, files: dict[str, bytes], wheels: Path
 ) -> None:
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        _add_bytes(tar, "Dockerfile", dockerfile.encode(), 0o644)
-        for name, data in files.items():
-            _add_bytes(tar, name, data, 0o755 if name.endswith(".sh") else 0o644)
-        for wheel in sorted(wheels.glob("*.whl")):
-            tar.add(str(wheel), arcname=f"wheels/{wheel.name}")
-    context.seek(0)
+    wheel_files = {f"wheels/{wheel.name}": wheel for wheel in sorted(wheels.glob("*.whl"))}
+    context = image_cache.build_context(
+        dockerfile, files, extra=wheel_files, executable=lambda name: name.endswith(".sh")
+    )
     try:
-        client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True, pull=False)
-    except docker.errors.BuildError as error:
-        log = "".join(str(chunk.get("stream", chunk.get("error", ""))) for chunk in error.build_log)
-        raise TrainingImageError(f"building {tag} failed: {error}\n{log[-3000:]}") from error
-    except docker.errors.APIError as error:
-        raise TrainingImageError(f"building {tag} failed: {error}") from error
-
-
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = mode
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _save(client: docker.DockerClient, tag: str, archive: Path) -> None:
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    tmp = archive.with_suffix(".tar.tmp")
-    try:
-        with tmp.open("wb") as handle:
-            for chunk in client.images.get(tag).save(named=True):
-                handle.write(chunk)
-        tmp.replace(archive)
-    except (docker.errors.APIError, OSError) as error:
-        tmp.unlink(missing_ok=True)
-        raise TrainingImageError(f"docker save of {tag} to {archive} failed: {error}") from error
+        image_cache.build(client, tag, context)
+    except image_cache.ImageBuildError as error:
+        raise TrainingImageError(str(error)) from error

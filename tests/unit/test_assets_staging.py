@@ -23,7 +23,7 @@ from llava_devserver import assets_manifest as am
 from llava_devserver import assets_plan as ap
 from llava_devserver.sim.assets import generate_assets
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

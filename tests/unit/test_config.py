@@ -22,7 +22,7 @@ from llava_devserver.config import (
     validate_fleet,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-never-printed"
 
 

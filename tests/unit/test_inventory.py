@@ -10,7 +10,7 @@ import pytest
 from llava_devserver.config import UnresolvedValue, validate_fleet
 from llava_devserver.inventory import InventoryError, load_inventory, parse_extra_vars
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GOOD = ROOT / "tests/inventories/good/devserver.ini"
 
 

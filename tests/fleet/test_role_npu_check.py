@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -16,10 +14,9 @@ from typing import Any
 
 import pytest
 
-from llava_devserver.cli import main
+import harness
 
-REPO = Path(__file__).resolve().parents[1]
-FLEET = f"hnpu-{os.getpid()}"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _load_filter() -> ModuleType:
@@ -106,88 +103,22 @@ FAULTS: dict[str, tuple[str | None, list[str]]] = {
 }
 
 
-def run_playbooks(fleet_dir: Path, *args: str) -> dict[str, Any]:
-    """ansible-playbook validate.yml + args with the JSON callback; the parsed result."""
-    # `--no-job` fleets lack the job settings that validation needs; the roles here use none of them.
-    package = fleet_dir / "AscendCloud-6.3.906-20250101000000.zip"
-    package.touch()
-    hosts = sum(
-        1 for line in (fleet_dir / "devserver.ini").read_text().splitlines() if "ansible_host=" in line
-    )
-    job = {
-        "ascendcloud_package": str(package),
-        "per_device_train_batch_size": 1,
-        "global_batch_size": 2 * hosts,
-    }
-    env = os.environ | {
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
-        "ANSIBLE_CALLBACKS_ENABLED": "llava_report",
-        "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(fleet_dir / "facts"),
-        "LLAVA_RUN_DIR": str(fleet_dir / "run"),
-    }
-    command = [
-        str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", str(fleet_dir / "devserver.ini"),
-        "-e", json.dumps(job), "playbooks/validate.yml", *args,
-    ]  # fmt: skip
-    done = subprocess.run(
-        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    # The JSON callback prints one document per playbook file: join their plays, keep the last stats.
-    decoder, text, docs = json.JSONDecoder(), done.stdout, []
-    start = text.find("{\n")
-    while start >= 0:
-        doc, end = decoder.raw_decode(text, start)
-        docs.append(doc)
-        start = text.find("{\n", end)
-    assert docs, f"no JSON from ansible-playbook:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return {"plays": [play for doc in docs for play in doc["plays"]], "stats": docs[-1]["stats"]}
-
-
-def failures(result: dict[str, Any]) -> dict[str, str]:
-    """{host: message of its failed task} over all plays."""
-    failed: dict[str, str] = {}
-    for play in result["plays"]:
-        for task in play["tasks"]:
-            for host, outcome in task["hosts"].items():
-                if outcome.get("failed") and not outcome.get("ignore_errors"):
-                    failed[host] = str(outcome.get("msg", ""))
-    return failed
-
-
-def host_facts(result: dict[str, Any], host: str, name: str) -> Any:
-    for play in result["plays"]:
-        for task in play["tasks"]:
-            facts = task["hosts"].get(host, {}).get("ansible_facts", {})
-            if name in facts:
-                return facts[name]
-    raise AssertionError(f"{host} never set {name}")
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Fleet]:
+    faults = {host: [fault] for host, (fault, _) in FAULTS.items() if fault}
+    with harness.fleet_up("npu", len(FAULTS), tmp_path_factory.mktemp("npu"), faults=faults, job=False) as up:
+        up.sh("devserver-8", "rm /dev/davinci1", check=True)
+        yield up
 
 
 @pytest.fixture(scope="module")
-def fleet_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    out = tmp_path_factory.mktemp("npu-fleet")
-    args = ["sim", "up", "--hosts", str(len(FAULTS)), "--name", FLEET, "-o", str(out), "--no-job"]
-    for host, (fault, _) in FAULTS.items():
-        if fault:
-            args += ["--fault", f"{host}:{fault}"]
-    try:
-        assert main(args) == 0, "sim up failed"
-        container = f"llava-sim-{FLEET}-devserver-8"
-        subprocess.run(["docker", "exec", container, "rm", "/dev/davinci1"], check=True, timeout=60)
-        yield out
-    finally:
-        main(["sim", "down", "--name", FLEET])
-
-
-@pytest.fixture(scope="module")
-def preflight(fleet_dir: Path) -> dict[str, Any]:
-    return run_playbooks(fleet_dir, "playbooks/preflight.yml")
+def preflight(fleet: harness.Fleet) -> harness.PlayResult:
+    return fleet.run_play("validate", "preflight")
 
 
 @pytest.mark.fleet
-def test_only_the_faulty_servers_fail_each_naming_its_cause(preflight: dict[str, Any]) -> None:
-    failed = failures(preflight)
+def test_only_the_faulty_servers_fail_each_naming_its_cause(preflight: harness.PlayResult) -> None:
+    failed = preflight.messages
     expected_failing = {host for host, (fault, words) in FAULTS.items() if words}
     assert set(failed) == expected_failing, failed
     for host in sorted(expected_failing):
@@ -198,27 +129,27 @@ def test_only_the_faulty_servers_fail_each_naming_its_cause(preflight: dict[str,
 
 
 @pytest.mark.fleet
-def test_one_cause_one_message_line(preflight: dict[str, Any]) -> None:
-    failed = failures(preflight)
+def test_one_cause_one_message_line(preflight: harness.PlayResult) -> None:
+    failed = preflight.messages
     # One card, one driver, one node: exactly one problem each, not the same cause reported twice.
     for host in ("devserver-2", "devserver-4", "devserver-6", "devserver-8"):
         assert "found 1 problem(s)" in failed[host], failed[host]
 
 
 @pytest.mark.fleet
-def test_healthy_server_passes_and_records_the_report(preflight: dict[str, Any]) -> None:
-    report = host_facts(preflight, "devserver-1", "llava_report_npu")
+def test_healthy_server_passes_and_records_the_report(preflight: harness.PlayResult) -> None:
+    report = preflight.fact("devserver-1", "llava_report_npu")
     assert report["problems"] == []
     assert report["driver_version"] == "23.0.5"
     assert report["npu_count_found"] == 8
     assert report["total_count"] == 8
     assert [card["health"] for card in report["cards"]] == ["OK"] * 8
     assert [card["npu"] for card in report["cards"]] == list(range(8))
-    assert preflight["stats"]["devserver-1"]["changed"] == 0
+    assert preflight.changed_count("devserver-1") == 0
 
 
 @pytest.mark.fleet
-def test_check_mode_gives_the_same_verdicts(fleet_dir: Path, preflight: dict[str, Any]) -> None:
-    checked = run_playbooks(fleet_dir, "playbooks/preflight.yml", "--check")
-    assert set(failures(checked)) == set(failures(preflight))
-    assert all(stats["changed"] == 0 for stats in checked["stats"].values())
+def test_check_mode_gives_the_same_verdicts(fleet: harness.Fleet, preflight: harness.PlayResult) -> None:
+    checked = fleet.run_play("validate", "preflight", check=True)
+    assert set(checked.messages) == set(preflight.messages)
+    assert all(stats["changed"] == 0 for stats in checked.recap.values())

@@ -13,7 +13,7 @@ import pytest
 from llava_devserver import trainlog
 from llava_devserver.cli import main
 
-LOGS = Path(__file__).parent / "fixtures" / "logs"
+LOGS = Path(__file__).parents[1] / "fixtures" / "logs"
 
 
 def losses(log: trainlog.TrainLog) -> list[float]:

@@ -1,7 +1,7 @@
 """The launch-script renderer: golden files, shell validity, quoting, errors, contract with the config.
 
 Regenerate the golden files after an intended template change with
-`UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_render.py` and review the diff.
+`UPDATE_GOLDEN=1 pytest tests/unit/test_render.py` and review the diff.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from llava_devserver import config, inventory, render
 from llava_devserver.cli import main
 from llava_devserver.render import RenderError, render_job
 
-GOLDEN = Path(__file__).parent / "golden" / "render"
+GOLDEN = Path(__file__).parents[1] / "golden" / "render"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 SCRIPT = "scripts/v1_5/pretrain_new.sh"
 ZERO2 = "scripts/zero2.json"

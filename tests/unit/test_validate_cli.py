@@ -10,7 +10,7 @@ import pytest
 
 from llava_devserver.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GOOD = str(ROOT / "tests/inventories/good/devserver.ini")
 BAD = str(ROOT / "tests/inventories/bad/devserver.ini")
 EXAMPLE = str(ROOT / "inventory/devserver.ini")

@@ -1,10 +1,7 @@
-"""The workspace play (llava_workspace + llava_assets) on a 3-server simulated fleet.
+"""The workspace play (llava_workspace + llava_assets) on the shared 3-server simulated fleet (conftest's
+job_fleet: the training container runs on every server, no workspace yet). The tests run in file order, each
+building on the state the previous one left, and leave a repaired, verified workspace for test_role_train:
 
-One fleet for the module (2 cores); the tests run in file order, each building on the state the previous one
-left:
-
-0. (fixture) validate + host + container: the training container runs on every server (a small stand-in
-   of the training image, see tests/workspace_support.py).
 1. From empty servers to a built workspace with verified assets: the package unpacked and built once as
    ma-user, playground/data/LLaVA-Pretrain, ownership, a manifest on every server whose fingerprints equal
    the control node's sources; the control node sent each asset once (to the seed), the seed the others.
@@ -20,22 +17,18 @@ left:
 from __future__ import annotations
 
 import json
-import os
-import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import workspace_support as ws
+import harness
 from llava_devserver.assets_manifest import fingerprint
 from llava_devserver.assets_plan import HASH_SMALL
 from llava_devserver.sim.standin import LLAVA_TRAIN_COMMIT, build_package
 
 pytestmark = pytest.mark.fleet
 
-FLEET = f"wsp-{os.getpid()}"
 HOSTS = ["devserver-1", "devserver-2", "devserver-3"]
 WORK = "/data/llava-devserver"
 STATE = f"{WORK}/.llava-devserver"
@@ -51,40 +44,27 @@ ASSETS = {
 }
 
 
+BUILD = "Run build.sh inside the training container as the image's user"
+
+
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ws.Fleet]:
-    from llava_devserver.sim import fleet as sim_fleet
-
-    out = tmp_path_factory.mktemp("wsp")
-    try:
-        ready = ws.fleet_up(FLEET, len(HOSTS), out)
-        run = ws.run_play(ready, ("validate", "host", "container"))
-        assert run.rc == 0, run.output[-4000:]
-        yield ready
-    finally:
-        sim_fleet.fleet_down(FLEET, log=lambda _: None)
+def fleet(job_fleet: harness.Fleet) -> harness.Fleet:
+    return job_fleet
 
 
-def task_lines(output: str, task: str) -> list[str]:
-    """The per-host result lines of one task (`changed: [host]`, ...) in the playbook output."""
-    block = output.split(f": {task}] ", 1)[1].split("\nTASK [", 1)[0]
-    return re.findall(r"^(?:ok|changed|skipping|failed|fatal): \[[^\]]+\]", block, re.MULTILINE)
-
-
-def manifest(fleet: ws.Fleet, host: str) -> dict[str, Any]:
-    result = ws.ssh(fleet, host, f"cat {MANIFEST}")
+def manifest(fleet: harness.Fleet, host: str) -> dict[str, Any]:
+    result = fleet.sh(host, f"cat {MANIFEST}")
     assert result.returncode == 0, result.stderr
     return dict(json.loads(result.stdout)["assets"])
 
 
-def control_sources(fleet: ws.Fleet) -> dict[str, Any]:
-    return {name: spec["path"] for name, spec in ws.group_vars(fleet)["assets"].items()}
+def control_sources(fleet: harness.Fleet) -> dict[str, Any]:
+    return {name: spec["path"] for name, spec in fleet.group_vars()["assets"].items()}
 
 
-def assert_workspace(fleet: ws.Fleet, host: str) -> None:
+def assert_workspace(fleet: harness.Fleet, host: str) -> None:
     pretrain = f"{COMMIT_DIR.replace(WORK, '/home/ma-user/ws')}/LLaVA/playground/data/LLaVA-Pretrain"
-    tree = ws.ssh(
-        fleet, host,
+    tree = fleet.sh(host,
         f"docker exec {CONTAINER} stat -c '%U:%G' {pretrain}"
         f" && test -f {COMMIT_DIR}/LLaVA/llava/train/train_mem.py"
         f" && cat {STATE}/build-{LLAVA_TRAIN_COMMIT}.ok && find {WORK} ! -uid 1000 -print -quit",
@@ -95,7 +75,7 @@ def assert_workspace(fleet: ws.Fleet, host: str) -> None:
     assert len(lines) == 2, f"{host}: files not owned by ma-user: {lines[2:]}"
 
 
-def assert_assets_verified(fleet: ws.Fleet, host: str) -> None:
+def assert_assets_verified(fleet: harness.Fleet, host: str) -> None:
     """The manifest says every asset is verified, for exactly the fingerprint of the control node's source."""
     entries = manifest(fleet, host)
     sources = control_sources(fleet)
@@ -106,23 +86,22 @@ def assert_assets_verified(fleet: ws.Fleet, host: str) -> None:
         assert expected is not None
         assert entry["fingerprint"]["digest"] == expected["digest"], (host, name)
         # and the server's files really are what the manifest says (the same helper, on the server)
-        check = ws.ssh(
-            fleet, host,
+        check = fleet.sh(host,
             f"python3 {STATE}/bin/assets_manifest.py fingerprint {path} --hash-small {HASH_SMALL[name]}",
         )  # fmt: skip
         assert json.loads(check.stdout)["fingerprint"]["digest"] == expected["digest"], (host, name)
 
 
-def test_empty_servers_to_verified_workspace_with_fanout(fleet: ws.Fleet) -> None:
-    run = ws.run_play(fleet, ("validate", "workspace"))
+def test_empty_servers_to_verified_workspace_with_fanout(fleet: harness.Fleet) -> None:
+    run = fleet.run_play("validate", "workspace")
     assert run.rc == 0, run.output[-5000:]
     for host in HOSTS:
         assert run.recap[host]["failed"] == 0
         assert_workspace(fleet, host)
         assert_assets_verified(fleet, host)
     # build.sh ran once per server, inside the container as ma-user
-    build = task_lines(run.output, "Run build.sh inside the training container as the image's user")
-    assert sorted(build) == sorted(f"changed: [{h}]" for h in HOSTS), build
+    build = run.outcomes(BUILD)
+    assert build == dict.fromkeys(HOSTS, "changed"), build
 
     # fan-out: the control node sent each asset to devserver-1 only; the others got it from devserver-1
     report = {entry["host"]: entry["facts"] for entry in run.report()["hosts"]}
@@ -143,18 +122,18 @@ def test_empty_servers_to_verified_workspace_with_fanout(fleet: ws.Fleet) -> Non
     assert report["devserver-1"]["workspace"]["inner_zip"].startswith("AscendCloud-AIGC-6.3.906-")
     # the temporary fan-out key is gone everywhere
     for host in HOSTS:
-        keys = ws.ssh(fleet, host, "cat /root/.ssh/authorized_keys; ls /root/.ssh")
+        keys = fleet.sh(host, "cat /root/.ssh/authorized_keys; ls /root/.ssh")
         assert "llava-devserver-fanout" not in keys.stdout, (host, keys.stdout)
 
 
-def test_rerun_changes_nothing(fleet: ws.Fleet) -> None:
-    run = ws.run_play(fleet, ("validate", "workspace"))
+def test_rerun_changes_nothing(fleet: harness.Fleet) -> None:
+    run = fleet.run_play("validate", "workspace")
     assert run.rc == 0, run.output[-5000:]
     for host in HOSTS:
         assert run.recap[host]["changed"] == 0, run.output[-6000:]
-    assert "changed: [" not in run.output
-    build = task_lines(run.output, "Run build.sh inside the training container as the image's user")
-    assert sorted(build) == sorted(f"skipping: [{h}]" for h in HOSTS), build
+    assert run.changed == {}, run.changed
+    build = run.outcomes(BUILD)
+    assert build == dict.fromkeys(HOSTS, "skipped"), build
     report = {entry["host"]: entry["facts"] for entry in run.report()["hosts"]}
     for host in HOSTS:
         assert report[host]["assets"]["bytes_transferred"] == 0
@@ -162,7 +141,7 @@ def test_rerun_changes_nothing(fleet: ws.Fleet) -> None:
         assert report[host]["workspace"]["build"] == "skipped (built before)"
 
 
-def test_faults_fail_their_host_and_leave_the_manifest_honest(fleet: ws.Fleet) -> None:
+def test_faults_fail_their_host_and_leave_the_manifest_honest(fleet: harness.Fleet) -> None:
     faults = fleet.dir / "faults"
     corrupt = build_package(faults / "corrupt", fault="corrupt-zip")
     broken = build_package(faults / "broken", timestamp="20240613100000", fault="build-fails")
@@ -171,27 +150,25 @@ def test_faults_fail_their_host_and_leave_the_manifest_honest(fleet: ws.Fleet) -
     missing = [{**records[i], "id": f"missing-{i}", "image": f"99999/{i:09d}.jpg"} for i in range(40)]
     bad_json = faults / "blip_laion_cc_sbu_558k.json"
     bad_json.write_text(json.dumps(records + missing))
-    prepared = ws.ssh(
-        fleet, "devserver-1",
+    prepared = fleet.sh("devserver-1",
         f"mkdir -p /srv/shared && cp -a {ASSETS['llm']} /srv/shared/llm"
         " && f=/srv/shared/llm/model-00002-of-00002.safetensors"
         " && truncate -s $(( $(stat -c %s $f) - 100 )) $f"
         f" && mount -t tmpfs -o size=16k tmpfs {ASSETS['vision_tower']}",
     )  # fmt: skip
     assert prepared.returncode == 0, prepared.stderr
-    assets = ws.group_vars(fleet)["assets"]
+    assets = fleet.group_vars()["assets"]
     try:
-        ws.set_host_vars(
-            fleet, "devserver-1",
+        fleet.set_host_vars("devserver-1",
             {"assets": {**assets, "llm": {"source": "server", "path": "/srv/shared/llm"},
                         "pretrain_json": {"source": "control", "path": str(bad_json)}}},
         )  # fmt: skip
-        ws.set_host_vars(fleet, "devserver-2", {"ascendcloud_package": str(corrupt)})
-        ws.set_host_vars(fleet, "devserver-3", {"ascendcloud_package": str(broken)})
-        run = ws.run_play(fleet, ("validate", "workspace"))
+        fleet.set_host_vars("devserver-2", {"ascendcloud_package": str(corrupt)})
+        fleet.set_host_vars("devserver-3", {"ascendcloud_package": str(broken)})
+        run = fleet.run_play("validate", "workspace")
         assert run.rc != 0
         assert all(run.recap[h]["failed"] == 1 for h in HOSTS), run.output[-6000:]
-        out = run.output
+        out = "\n".join(run.messages.values())
         assert f"devserver-2: ascendcloud_package {corrupt} is not a valid zip" in out
         assert "devserver-3: build.sh in /home/ma-user/ws/multimodal_algorithm/LLAVA/llava-train/" in out
         assert "missing upstream/LLaVA/llava/train/train.py: the package is incomplete" in out
@@ -208,27 +185,27 @@ def test_faults_fail_their_host_and_leave_the_manifest_honest(fleet: ws.Fleet) -
         assert not entries["vision_tower"]["ok"] and "needed" in entries["vision_tower"]["errors"][0]
         assert entries["images"]["ok"]
         # the failed build left no marker (it runs again next time); the corrupt zip changed no tree
-        assert ws.ssh(fleet, "devserver-3", f"test -e {STATE}/build-{LLAVA_TRAIN_COMMIT}.ok").returncode != 0
-        assert ws.ssh(fleet, "devserver-2", f"test -f {STATE}/build-{LLAVA_TRAIN_COMMIT}.ok").returncode == 0
+        assert fleet.sh("devserver-3", f"test -e {STATE}/build-{LLAVA_TRAIN_COMMIT}.ok").returncode != 0
+        assert fleet.sh("devserver-2", f"test -f {STATE}/build-{LLAVA_TRAIN_COMMIT}.ok").returncode == 0
     finally:
-        ws.ssh(fleet, "devserver-1", f"umount {ASSETS['vision_tower']}")
+        fleet.sh("devserver-1", f"umount {ASSETS['vision_tower']}")
         for host in HOSTS:
-            ws.set_host_vars(fleet, host, None)
+            fleet.set_host_vars(host, None)
 
 
-def test_check_mode_then_the_next_run_repairs_everything(fleet: ws.Fleet) -> None:
+def test_check_mode_then_the_next_run_repairs_everything(fleet: harness.Fleet) -> None:
     before = {h: manifest(fleet, h) for h in HOSTS}
-    check = ws.run_play(fleet, ("validate", "workspace"), "--check")
+    check = fleet.run_play("validate", "workspace", check=True)
     assert check.rc == 0, check.output[-5000:]
     # check mode builds, copies, verifies and records nothing
     assert {h: manifest(fleet, h) for h in HOSTS} == before
-    assert ws.ssh(fleet, "devserver-3", f"test -e {STATE}/build-{LLAVA_TRAIN_COMMIT}.ok").returncode != 0
+    assert fleet.sh("devserver-3", f"test -e {STATE}/build-{LLAVA_TRAIN_COMMIT}.ok").returncode != 0
 
-    run = ws.run_play(fleet, ("validate", "workspace"))
+    run = fleet.run_play("validate", "workspace")
     assert run.rc == 0, run.output[-5000:]
     # devserver-3 unpacked the good package again and ran build.sh again; the others did not
-    build = task_lines(run.output, "Run build.sh inside the training container as the image's user")
-    assert sorted(build) == ["changed: [devserver-3]", "skipping: [devserver-1]", "skipping: [devserver-2]"]
+    build = run.outcomes(BUILD)
+    assert build == {"devserver-1": "skipped", "devserver-2": "skipped", "devserver-3": "changed"}, build
     for host in HOSTS:
         assert_workspace(fleet, host)
         assert_assets_verified(fleet, host)

@@ -14,7 +14,7 @@ import pytest
 from llava_devserver import runner
 from llava_devserver.runner import ResultCollector, find_project_root, new_run_dir, run_playbook
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def local_inventory(tmp_path: Path, hosts: tuple[str, ...] = ("node-a", "node-b")) -> Path:

@@ -12,7 +12,7 @@ from llava_devserver import npu_smi
 from llava_devserver.ansible_plugins.filter import npu_smi as npu_smi_filter
 from llava_devserver.cli import main
 
-FIXTURES = Path(__file__).parent / "fixtures" / "npu-smi"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "npu-smi"
 REAL_INFO = FIXTURES / "info_910B3x8_23.0.7.txt"  # from a real 8x910B3 server
 REAL_LIST = FIXTURES / "info-l_910Bx8.txt"
 REAL_BOARD = FIXTURES / "info-t-board_910B.txt"

@@ -18,8 +18,6 @@ for SWR. The tests run in file order, each building on the state the previous on
 from __future__ import annotations
 
 import json
-import os
-import re
 import subprocess
 import zipfile
 from collections.abc import Iterator
@@ -30,74 +28,34 @@ from typing import Any
 import pytest
 import yaml
 
+import harness
 from llava_devserver.npu_smi import NpuSmiInfo, parse_npu_smi
+from llava_devserver.sim import fleet as sim_fleet
 
 pytestmark = pytest.mark.fleet
 
-REPO = Path(__file__).resolve().parents[1]
-FLEET = f"ctr-{os.getpid()}"
 NAME = "llava-pretrain"
-TEST_IMAGE_REPOSITORY = "llava-ctrtest/train"
 REGISTRY_REPOSITORY = "llava/ctrtest:1"
-GOOD_PASSWORD_MARK = "vaulted"  # the registry's real password is random; this names the vault file
 
 
 @dataclass
 class Fleet:
-    dir: Path
+    sim: harness.Fleet
     registry_address: str
     registry_password: str
     image: str  # the test image's local tag (also what the archive holds)
     vault_file: Path
 
+    def run(self, *plays: str, **options: Any) -> harness.PlayResult:
+        return self.sim.run_play(*plays, vault_password_file=self.vault_file, **options)
 
-def _docker_client() -> Any:
-    import docker
-
-    try:
-        client = docker.from_env(timeout=300)
-        client.ping()
-    except docker.errors.DockerException as exc:
-        pytest.fail(f"fleet tests need a Docker engine (run scripts/ensure-docker.sh): {exc}")
-    return client
-
-
-def _test_image(client: Any, out: Path) -> tuple[str, Path]:
-    """A small stand-in for the vendor image: the sim base + ma-user:ma-group as default user."""
-    import io
-    import tarfile
-
-    from llava_devserver.sim.image import ensure_base_image
-
-    base = ensure_base_image(client)
-    dockerfile = (
-        f"FROM {base}\n"
-        "RUN groupadd -g 1000 ma-group && useradd -m -u 1000 -g ma-group -s /bin/bash ma-user\n"
-        'USER ma-user\nWORKDIR /home/ma-user\nCMD ["/bin/bash"]\n'
-    )
-    import hashlib
-
-    tag = f"{TEST_IMAGE_REPOSITORY}:{hashlib.sha256(dockerfile.encode()).hexdigest()[:12]}"
-    try:
-        client.images.get(tag)
-    except Exception:
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as tar:
-            info = tarfile.TarInfo("Dockerfile")
-            info.size = len(dockerfile)
-            tar.addfile(info, io.BytesIO(dockerfile.encode()))
-        buffer.seek(0)
-        client.images.build(fileobj=buffer, custom_context=True, tag=tag, rm=True, pull=False)
-    archive = out / "ctrtest-image.tar"
-    with archive.open("wb") as handle:
-        for chunk in client.images.get(tag).save(named=True):
-            handle.write(chunk)
-    return tag, archive
+    def sh(self, host: str, command: str) -> subprocess.CompletedProcess[str]:
+        return self.sim.sh(host, command)
 
 
 def _vault_string(vault_file: Path, name: str, value: str) -> dict[str, Any]:
     result = subprocess.run(
-        [str(REPO / ".venv/bin/ansible-vault"), "encrypt_string", "--vault-password-file", str(vault_file),
+        [harness.tool("ansible-vault"), "encrypt_string", "--vault-password-file", str(vault_file),
          "--name", name, value],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -106,111 +64,38 @@ def _vault_string(vault_file: Path, name: str, value: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    from llava_devserver.sim import fleet as sim_fleet
     from llava_devserver.sim import registry as sim_registry
-    from llava_devserver.sim.faults import parse_fault
+    from llava_devserver.sim.faults import apply_fault, parse_fault
 
-    client = _docker_client()
+    client = harness.docker_client()
     out = tmp_path_factory.mktemp("ctr")
-    network = sim_fleet.network_name(FLEET)
-    try:
-        sim_fleet.fleet_up(
-            FLEET,
-            2,
-            out,
-            faults={
-                "devserver-1": [parse_fault("docker-preinstalled")],
-                "devserver-2": [parse_fault("device-bound=0")],
-            },
-            job=False,
-        )
-        image, archive = _test_image(client, out)
-        registry = sim_registry.ensure_registry(client, network)
-        sim_registry.push_image(client, registry, image, REGISTRY_REPOSITORY)
-        package = out / "AscendCloud-6.3.906-test.zip"
-        with zipfile.ZipFile(package, "w") as zf:
-            zf.writestr("README", "stand-in")
-        vault_file = out / "vault-password"
-        vault_file.write_text("ctrtest-vault\n")
-        all_yml = out / "group_vars" / "all.yml"
-        settings = yaml.safe_load(all_yml.read_text())
-        settings |= {
-            "ascendcloud_package": str(package),
-            "container_image": image,
-            "container_image_archive": str(archive),
-            "global_batch_size": 4,
-            "per_device_train_batch_size": 1,
-            "docker_engine_insecure_registries": [registry.address],
-        }
-        all_yml.write_text(yaml.safe_dump(settings, sort_keys=False))
-        ready = Fleet(out, registry.address, registry.password, image, vault_file)
-        host = run_play(ready, ("validate", "host"))
-        assert host.rc == 0, host.output[-4000:]
-        # A restart of dockerd (insecure registry added) stops the other user's container: start it again.
-        from llava_devserver.sim.faults import apply_fault
-
-        apply_fault(sim_fleet.server(FLEET, "devserver-2"), parse_fault("device-bound=0"))
-        yield ready
-    finally:
-        sim_registry.remove_registry(client, network)
-        sim_fleet.fleet_down(FLEET, log=lambda _: None)
-
-
-def _playbook(fleet: Fleet, *plays: str) -> Path:
-    path = fleet.dir / f"play-{'-'.join(plays)}.yml"
-    path.write_text(
-        yaml.safe_dump(
-            [{"ansible.builtin.import_playbook": str(REPO / "playbooks" / f"{p}.yml")} for p in plays]
-        )
-    )
-    return path
-
-
-@dataclass
-class Run:
-    rc: int
-    output: str
-    recap: dict[str, dict[str, int]]
-
-
-def run_play(fleet: Fleet, plays: tuple[str, ...], *args: str) -> Run:
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",  # no fleet report for these runs
-        "ANSIBLE_FORCE_COLOR": "0",
-        "LLAVA_RUN_DIR": str(fleet.dir / "run"),
-        "PATH": f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
-    }
-    result = subprocess.run(
-        [str(REPO / ".venv/bin/ansible-playbook"), "-i", str(fleet.dir / "devserver.ini"),
-         "--vault-password-file", str(fleet.vault_file), str(_playbook(fleet, *plays)), *args],
-        capture_output=True, text=True, timeout=1500, check=False, cwd=REPO, env=env,
-    )  # fmt: skip
-    output = result.stdout + result.stderr
-    recap = {}
-    for host, counts in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", output, re.MULTILINE):
-        recap[host] = {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", counts)}
-    return Run(result.returncode, output, recap)
-
-
-def ssh(fleet: Fleet, host: str, command: str) -> subprocess.CompletedProcess[str]:
-    ini = (fleet.dir / "devserver.ini").read_text()
-    match = re.search(rf"^{host} ansible_host=(\S+)", ini, re.MULTILINE)
-    assert match, f"{host} not in the inventory"
-    return subprocess.run(
-        [
-            "ssh", "-i", str(fleet.dir / "ssh" / "id_ed25519"), "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-            f"root@{match.group(1)}", command,
-        ],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    faults = {"devserver-1": ["docker-preinstalled"], "devserver-2": ["device-bound=0"]}
+    with harness.fleet_up("ctr", 2, out, faults=faults, job=False) as sim:
+        network = sim_fleet.network_name(sim.name)
+        try:
+            image = harness.use_small_training_image(sim)
+            registry = sim_registry.ensure_registry(client, network)
+            sim_registry.push_image(client, registry, image, REGISTRY_REPOSITORY)
+            package = out / "AscendCloud-6.3.906-test.zip"
+            with zipfile.ZipFile(package, "w") as zf:
+                zf.writestr("README", "stand-in")
+            vault_file = out / "vault-password"
+            vault_file.write_text("ctrtest-vault\n")
+            sim.set_group_vars(
+                ascendcloud_package=str(package), docker_engine_insecure_registries=[registry.address]
+            )
+            ready = Fleet(sim, registry.address, registry.password, image, vault_file)
+            ready.run("validate", "host").assert_ok()
+            # A restart of dockerd (insecure registry added) stops the other user's container: start it again.
+            apply_fault(sim.container("devserver-2"), parse_fault("device-bound=0"))
+            yield ready
+        finally:
+            sim_registry.remove_registry(client, network)
 
 
 def inspect(fleet: Fleet, host: str) -> dict[str, Any] | None:
     """The container as the server's Docker engine describes it (None when there is none)."""
-    result = ssh(fleet, host, f"docker inspect {NAME}")
+    result = fleet.sh(host, f"docker inspect {NAME}")
     if result.returncode != 0:
         assert "No such object" in result.stderr or "no such" in result.stderr.lower(), result.stderr
         return None
@@ -240,18 +125,19 @@ def assert_guide_container(fleet: Fleet, host: str, image: str, shm: int = 32 <<
         "/home/ma-user/ws": ("/data/llava-devserver", "bind"),
     }
     # npu-smi inside the container, parsed by the project's parser: exactly the two assigned NPUs
-    smi = ssh(fleet, host, f"docker exec {NAME} npu-smi info")
+    smi = fleet.sh(host, f"docker exec {NAME} npu-smi info")
     assert smi.returncode == 0, smi.stderr
     parsed = parse_npu_smi(smi.stdout)
     assert isinstance(parsed, NpuSmiInfo)
     assert sorted(card.npu for card in parsed.cards) == [0, 1]
-    owner = ssh(fleet, host, f"docker exec {NAME} stat -c %U:%G /home/ma-user/ws")
+    owner = fleet.sh(host, f"docker exec {NAME} stat -c %U:%G /home/ma-user/ws")
     assert owner.stdout.strip() == "ma-user:ma-group"
     return info
 
 
 def _host_vars(fleet: Fleet, host: str, values: dict[str, Any] | None) -> None:
-    path = fleet.dir / "host_vars" / f"{host}.yml"
+    """host_vars with vault-encrypted strings written as `!vault |` blocks."""
+    path = fleet.sim.dir / "host_vars" / f"{host}.yml"
     path.parent.mkdir(exist_ok=True)
     if values is None:
         path.unlink(missing_ok=True)
@@ -266,33 +152,34 @@ def _host_vars(fleet: Fleet, host: str, values: dict[str, Any] | None) -> None:
 
 
 def test_archive_path_and_npu_held_by_another_container(fleet: Fleet) -> None:
-    run = run_play(fleet, ("validate", "container"))
+    run = fleet.run("validate", "container")
     assert run.recap["devserver-1"]["failed"] == 0, run.output[-4000:]
     assert run.recap["devserver-2"]["failed"] == 1, run.output[-4000:]
     assert (
-        "devserver-2: NPU 0 (/dev/davinci0) is held by the running container 'other-user-job'" in run.output
+        "devserver-2: NPU 0 (/dev/davinci0) is held by the running container 'other-user-job'"
+        in run.messages["devserver-2"]
     )
     assert_guide_container(fleet, "devserver-1", fleet.image)
     assert inspect(fleet, "devserver-2") is None
 
 
 def test_missing_mount_source_and_idempotence(fleet: Fleet) -> None:
-    assert ssh(fleet, "devserver-2", "docker rm -f other-user-job && rm -rf /usr/local/dcmi").returncode == 0
+    assert fleet.sh("devserver-2", "docker rm -f other-user-job && rm -rf /usr/local/dcmi").returncode == 0
     try:
-        run = run_play(fleet, ("validate", "container"))
+        run = fleet.run("validate", "container")
         assert run.recap["devserver-2"]["failed"] == 1, run.output[-4000:]
         assert (
             "devserver-2: mount source /usr/local/dcmi (the DCMI library of the NPU driver) does not exist"
-            in (run.output)
+            in run.messages["devserver-2"]
         )
         assert inspect(fleet, "devserver-2") is None
-        assert ssh(fleet, "devserver-2", "test -e /usr/local/dcmi").returncode != 0  # Docker made no dir
+        assert fleet.sh("devserver-2", "test -e /usr/local/dcmi").returncode != 0  # Docker made no dir
         # devserver-1 already has its container: the second run changes nothing
         assert run.recap["devserver-1"]["failed"] == 0 and run.recap["devserver-1"]["changed"] == 0, (
             run.output
         )
     finally:
-        ssh(fleet, "devserver-2", "/usr/local/sbin/npu-sim-sync")
+        fleet.sh("devserver-2", "/usr/local/sbin/npu-sim-sync")
 
 
 def test_pull_from_registry_with_vault_credentials(fleet: Fleet) -> None:
@@ -303,43 +190,45 @@ def test_pull_from_registry_with_vault_credentials(fleet: Fleet) -> None:
     good = _vault_string(vault, "container_registry_password", fleet.registry_password)
     bad = _vault_string(vault, "container_registry_password", wrong)
     base = {"container_image_archive": None, "container_registry_username": "llava"}
-    limit = ("--limit", "devserver-2")
+    limit: dict[str, Any] = {"limit": "devserver-2"}
     try:
         _host_vars(fleet, "devserver-2", {**base, "container_image": image, **bad})
-        run = run_play(fleet, ("validate", "container"), *limit)
+        run = fleet.run("validate", "container", **limit)
         assert run.recap["devserver-2"]["failed"] == 1, run.output[-4000:]
-        assert f"devserver-2: login to the registry {fleet.registry_address} as 'llava' failed" in run.output
+        message = run.messages["devserver-2"]
+        assert f"devserver-2: login to the registry {fleet.registry_address} as 'llava' failed" in message
         assert wrong not in run.output and fleet.registry_password not in run.output
         assert inspect(fleet, "devserver-2") is None
 
         _host_vars(fleet, "devserver-2", {**base, "container_image": missing, **good})
-        run = run_play(fleet, ("validate", "container"), *limit)
+        run = fleet.run("validate", "container", **limit)
         assert run.recap["devserver-2"]["failed"] == 1, run.output[-4000:]
-        assert f"devserver-2: container_image {missing} was not found in the registry" in run.output
+        message = run.messages["devserver-2"]
+        assert f"devserver-2: container_image {missing} was not found in the registry" in message
         assert fleet.registry_password not in run.output
         assert inspect(fleet, "devserver-2") is None
 
         _host_vars(fleet, "devserver-2", {**base, "container_image": image, **good})
         # check mode first: says what it would do, pulls and creates nothing
-        check = run_play(fleet, ("validate", "container"), *limit, "--check")
+        check = fleet.run("validate", "container", limit="devserver-2", check=True)
         assert check.recap["devserver-2"]["failed"] == 0, check.output[-4000:]
         assert check.recap["devserver-2"]["changed"] > 0
         assert inspect(fleet, "devserver-2") is None
-        assert ssh(fleet, "devserver-2", f"docker image inspect {image}").returncode != 0
+        assert fleet.sh("devserver-2", f"docker image inspect {image}").returncode != 0
 
-        run = run_play(fleet, ("validate", "container"), *limit)
+        run = fleet.run("validate", "container", **limit)
         assert run.recap["devserver-2"]["failed"] == 0, run.output[-4000:]
         assert fleet.registry_password not in run.output
         info = assert_guide_container(fleet, "devserver-2", image)
-        digests = ssh(
-            fleet, "devserver-2", f"docker image inspect -f '{{{{json .RepoDigests}}}}' {info['Image']}"
+        digests = fleet.sh(
+            "devserver-2", f"docker image inspect -f '{{{{json .RepoDigests}}}}' {info['Image']}"
         )
         assert json.loads(digests.stdout)[0].startswith(f"{fleet.registry_address}/llava/ctrtest@sha256:")
         # no credentials left on the server
-        config = ssh(fleet, "devserver-2", "cat /root/.docker/config.json 2>/dev/null || true").stdout
+        config = fleet.sh("devserver-2", "cat /root/.docker/config.json 2>/dev/null || true").stdout
         assert fleet.registry_address not in config or '"auth"' not in config
 
-        again = run_play(fleet, ("validate", "container"), *limit)
+        again = fleet.run("validate", "container", **limit)
         assert again.recap["devserver-2"]["changed"] == 0, again.output[-4000:]
     finally:
         _host_vars(fleet, "devserver-2", None)
@@ -348,21 +237,23 @@ def test_pull_from_registry_with_vault_credentials(fleet: Fleet) -> None:
 def test_changed_setting_with_a_running_job(fleet: Fleet) -> None:
     before = inspect(fleet, "devserver-1")
     assert before is not None
-    job = ssh(
-        fleet,
+    job = fleet.sh(
         "devserver-1",
         f"docker exec -d {NAME} bash -c 'exec -a \"python llava/train/train_mem.py\" sleep 600'",
     )
     assert job.returncode == 0, job.stderr
-    limit = ("--limit", "devserver-1", "-e", "container_shm_size=1g")
-    run = run_play(fleet, ("validate", "container"), *limit)
+    shm = {"container_shm_size": "1g"}
+    limit: dict[str, Any] = {"limit": "devserver-1", "extravars": shm}
+    run = fleet.run("validate", "container", **limit)
     assert run.recap["devserver-1"]["failed"] == 1, run.output[-4000:]
-    assert "recreating it would kill the training job running in it" in run.output
-    assert "container_recreate: true" in run.output
+    assert "recreating it would kill the training job running in it" in run.messages["devserver-1"]
+    assert "container_recreate: true" in run.messages["devserver-1"]
     kept = inspect(fleet, "devserver-1")
     assert kept is not None and kept["Id"] == before["Id"] and kept["HostConfig"]["ShmSize"] == 32 << 30
 
-    run = run_play(fleet, ("validate", "container"), *limit, "-e", "container_recreate=true")
+    run = fleet.run(
+        "validate", "container", limit="devserver-1", extravars=shm | {"container_recreate": True}
+    )
     assert run.recap["devserver-1"]["failed"] == 0, run.output[-4000:]
     after = assert_guide_container(fleet, "devserver-1", fleet.image, shm=1 << 30)
     assert after["Id"] != before["Id"]

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-HF_LOG = Path(__file__).parent / "fixtures" / "logs" / "hf_trainer.log"
+HF_LOG = Path(__file__).parents[1] / "fixtures" / "logs" / "hf_trainer.log"
 SECRET = "s3cr3t-hub-token-4711"
 HOSTS = ["node-ok", "node-fail", "node-secret", "node-gone", "node-late"]
 

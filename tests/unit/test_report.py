@@ -13,8 +13,8 @@ import pytest
 from llava_devserver import report
 from llava_devserver.cli import main
 
-LOGS = Path(__file__).parent / "fixtures" / "logs"
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "report.md"
+LOGS = Path(__file__).parents[1] / "fixtures" / "logs"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "report.md"
 NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
 
 

@@ -24,7 +24,7 @@ from llava_devserver.ansible_plugins.filter import llava_pretrain as filters
 from llava_devserver.render import render_job
 
 NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 TQDM_LOG = (
     "***** Running training *****\n"

@@ -11,18 +11,17 @@ from pathlib import Path
 
 import pytest
 
+import harness
 from llava_devserver.sim.assets import generate_assets
 from llava_devserver.sim.standin import LLAVA_TRAIN_DIR, aigc_zip_name, build_package, package_name
 from llava_devserver.sim.training_image import TrainingImage, ensure_training_image
 
 pytestmark = pytest.mark.fleet
 
-docker = pytest.importorskip("docker")
-
 
 @pytest.fixture(scope="module")
 def client():  # type: ignore[no-untyped-def]
-    return docker.from_env()
+    return harness.docker_client()
 
 
 @pytest.fixture(scope="module")

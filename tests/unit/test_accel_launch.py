@@ -343,7 +343,7 @@ def test_filters_adapt_ansible_values() -> None:
 def test_role_defaults_and_argument_specs_agree() -> None:
     import yaml
 
-    role = Path(__file__).resolve().parents[1] / "roles" / "accel_check"
+    role = Path(__file__).resolve().parents[2] / "roles" / "accel_check"
     defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
     options = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"][
         "options"

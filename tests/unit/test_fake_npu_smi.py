@@ -14,7 +14,7 @@ import pytest
 from llava_devserver import npu_smi
 
 FAKE = npu_smi.FAKE_NPU_SMI
-FIXTURES = Path(__file__).parent / "fixtures" / "npu-smi"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "npu-smi"
 
 
 def run_fake(tmp_path: Path, state: dict[str, Any] | None, *args: str) -> subprocess.CompletedProcess[str]:

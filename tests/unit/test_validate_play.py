@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent  # the tools of the running environment
 GOOD = ROOT / "tests/inventories/good/devserver.ini"
 BAD = ROOT / "tests/inventories/bad/devserver.ini"
 
@@ -41,11 +43,11 @@ def play(tmp_path: Path, inventory: Path, *args: str) -> subprocess.CompletedPro
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "PATH": f"{ROOT / '.venv/bin'}:{os.environ.get('PATH', '')}",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "ANSIBLE_NOCOLOR": "1",
     }
     return subprocess.run(
-        [str(ROOT / ".venv/bin/ansible-playbook"), "-i", str(inventory), str(playbook), *args],
+        [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -1,0 +1,255 @@
+"""Roles ip_forward, docker_engine and metadata_guard (playbooks/host.yml) on one simulated fleet.
+
+devserver-1 starts fresh (no Docker, ip_forward 0 also written in /etc/sysctl.conf); devserver-2 has Docker
+preinstalled with an Ascend-runtime daemon.json. The module runs, in order: `--check --diff` (changes
+reported, none made), the real run, a second run (changed=0), then checks real state on the servers,
+including real connections from a container to the metadata address and to another server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import harness
+
+pytestmark = pytest.mark.fleet
+
+METADATA = "169.254.169.254"
+PROBE_IMAGE = "llava-host-probe:latest"
+REGISTRY = "registry.sim.test:5000"
+
+# A tiny image for the inner engine (nothing can be pulled): bash, timeout and their libraries.
+MAKE_PROBE_IMAGE = f"""set -e
+docker image inspect {PROBE_IMAGE} >/dev/null 2>&1 && exit 0
+d=$(mktemp -d)
+for b in /usr/bin/bash /usr/bin/timeout; do
+  for f in $b $(ldd $b | grep -o '/[^ ]*'); do mkdir -p "$d$(dirname "$f")"; cp -L "$f" "$d$f"; done
+done
+tar -C "$d" -c . | docker import - {PROBE_IMAGE} >/dev/null
+rm -rf "$d"
+"""
+
+
+def connect_from_container(fleet: harness.Fleet, host: str, address: str, port: int) -> tuple[bool, str]:
+    """A real TCP connection from a container on `host`'s engine (bridge network), 3 s timeout."""
+    done = fleet.sh(
+        host,
+        f"docker run --rm {PROBE_IMAGE} /usr/bin/timeout 3 /usr/bin/bash -c "
+        f"'exec 3<>/dev/tcp/{address}/{port}' && echo CONNECTED",
+    )
+    return "CONNECTED" in done.stdout, done.stdout + done.stderr
+
+
+def daemon_json(fleet: harness.Fleet, host: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(fleet.read(host, "/etc/docker/daemon.json"))
+    return loaded
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Fleet]:
+    faults = {"devserver-1": ["ip-forward-0"], "devserver-2": ["docker-preinstalled"]}
+    with harness.fleet_up("host", 2, tmp_path_factory.mktemp("host"), faults=faults, job=False) as up:
+        up.set_group_vars(docker_engine_insecure_registries=[REGISTRY])
+        yield up
+
+
+@pytest.fixture(scope="module")
+def before(fleet: harness.Fleet) -> dict[str, str]:
+    """State of the fresh servers, read before any run."""
+    return {
+        "daemon_json_2": fleet.sh("devserver-2", "cat /etc/docker/daemon.json").stdout,
+        "sysctl_conf_1": fleet.sh("devserver-1", "cat /etc/sysctl.conf").stdout,
+    }
+
+
+@pytest.fixture(scope="module")
+def check_run(fleet: harness.Fleet, before: dict[str, str]) -> harness.PlayResult:
+    return fleet.run_play("validate", "host", check=True, diff=True)
+
+
+@pytest.fixture(scope="module")
+def runs(
+    fleet: harness.Fleet, check_run: harness.PlayResult
+) -> tuple[harness.PlayResult, harness.PlayResult]:
+    """The real run, then a second one."""
+    first = fleet.run_play("validate", "host")
+    first.assert_ok()
+    second = fleet.run_play("validate", "host")
+    return first, second
+
+
+@pytest.fixture(scope="module")
+def metadata_service(fleet: harness.Fleet, runs: Any) -> str:
+    """A stand-in metadata service: 169.254.169.254:80 on devserver-2, routed to from devserver-1.
+
+    On a real cloud the metadata address sits behind the server's gateway, so container traffic to it is
+    forwarded (and passes DOCKER-USER). Putting it on another server reproduces that path.
+    """
+    address_2 = fleet.address("devserver-2")
+    serve = (
+        f"ip addr add {METADATA}/32 dev eth0 && "
+        f"(setsid python3 -m http.server 80 --bind {METADATA} </dev/null >/tmp/metadata.log 2>&1 &) && "
+        f"for i in $(seq 50); do (exec 3<>/dev/tcp/{METADATA}/80) 2>/dev/null && exit 0; sleep 0.1; done; "
+        "exit 1"
+    )
+    fleet.sh("devserver-2", serve, check=True)
+    fleet.sh("devserver-1", f"ip route replace {METADATA}/32 via {address_2}", check=True)
+    fleet.sh("devserver-1", MAKE_PROBE_IMAGE, check=True)
+    return address_2
+
+
+# ------------------------------------------------------------------------------------------------ tests
+
+
+def test_check_mode_reports_changes_and_makes_none(
+    fleet: harness.Fleet, check_run: harness.PlayResult, before: dict[str, str]
+) -> None:
+    check_run.assert_ok()
+    for host in ("devserver-1", "devserver-2"):
+        assert check_run.changed_count(host) > 0, host
+    changed_1 = check_run.changed["devserver-1"]
+    assert any("ip_forward" in name for name in changed_1), changed_1
+    assert "docker_engine : Report the packages a real run installs" in changed_1
+    assert "docker_engine : Write the merged daemon configuration" in check_run.changed["devserver-2"]
+    # Nothing changed on the servers.
+    assert fleet.sh("devserver-1", "sysctl -n net.ipv4.ip_forward").stdout.strip() == "0"
+    assert fleet.sh("devserver-1", "cat /etc/sysctl.conf").stdout == before["sysctl_conf_1"]
+    assert fleet.sh("devserver-1", "command -v dockerd").returncode != 0, "check mode installed Docker"
+    assert fleet.sh("devserver-1", "test -e /etc/docker/daemon.json").returncode != 0
+    assert fleet.sh("devserver-2", "cat /etc/docker/daemon.json").stdout == before["daemon_json_2"]
+    assert METADATA not in fleet.sh("devserver-2", "iptables -S DOCKER-USER").stdout
+
+
+def test_second_run_changes_nothing(runs: tuple[harness.PlayResult, harness.PlayResult]) -> None:
+    first, second = runs
+    assert first.changed_count("devserver-1") > 0
+    second.assert_ok()
+    for host in ("devserver-1", "devserver-2"):
+        assert second.changed_count(host) == 0, second.changed.get(host)
+
+
+def test_report_fact_of_the_first_run(runs: tuple[harness.PlayResult, harness.PlayResult]) -> None:
+    first, _ = runs
+    fresh = first.fact("devserver-1", "llava_report_host")
+    preinstalled = first.fact("devserver-2", "llava_report_host")
+    assert fresh["docker_installed_this_run"] is True
+    assert preinstalled["docker_installed_this_run"] is False
+    for report in (fresh, preinstalled):
+        assert report["docker_version"], report
+        assert report["docker_daemon_mode"] == "detached"  # the simulated servers run tini, not systemd
+        assert report["ip_forward"] == 1 and report["metadata_guard"] is True
+
+
+def test_ip_forward_is_on_and_persisted(fleet: harness.Fleet, runs: Any, before: dict[str, str]) -> None:
+    assert "net.ipv4.ip_forward=0" in before["sysctl_conf_1"]  # the fault, as the guide shows it
+    assert fleet.sh("devserver-1", "sysctl -n net.ipv4.ip_forward").stdout.strip() == "1"
+    active = [
+        line.replace(" ", "")
+        for line in fleet.sh("devserver-1", "cat /etc/sysctl.conf").stdout.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert [line for line in active if line.startswith("net.ipv4.ip_forward=")] == ["net.ipv4.ip_forward=1"]
+    # devserver-2's sysctl.conf had the key only commented out: it is added.
+    assert fleet.sh("devserver-2", "sysctl -n net.ipv4.ip_forward").stdout.strip() == "1"
+    assert fleet.sh("devserver-2", "grep -E '^net.ipv4.ip_forward ?= ?1$' /etc/sysctl.conf").returncode == 0
+
+
+def test_docker_installed_from_nothing_and_running(fleet: harness.Fleet, runs: Any) -> None:
+    assert fleet.sh("devserver-1", "command -v dockerd && command -v docker").returncode == 0
+    info = fleet.sh("devserver-1", "docker info --format '{{json .ServerVersion}}'")
+    assert info.returncode == 0 and info.stdout.strip().strip('"'), info.stderr
+    # It outlived the SSH session that started it, in its own session (detached mode: no init system here).
+    assert fleet.sh("devserver-1", "test -x /usr/local/sbin/llava-dockerd && pidof dockerd").returncode == 0
+    assert (
+        fleet.sh("devserver-1", "python3 -c 'import docker'").returncode == 0
+    )  # the SDK for community.docker
+    ours = daemon_json(fleet, "devserver-1")
+    assert ours["log-driver"] == "json-file" and ours["log-opts"]["max-size"] == "100m"
+    assert ours["insecure-registries"] == [REGISTRY]
+    # The running daemon uses the file it was started with.
+    registries = fleet.sh(
+        "devserver-1", "docker info --format '{{json .RegistryConfig.IndexConfigs}}'"
+    ).stdout
+    assert REGISTRY in registries
+
+
+def test_preinstalled_daemon_json_keeps_the_ascend_runtime(
+    fleet: harness.Fleet, runs: Any, before: dict[str, str]
+) -> None:
+    original = json.loads(before["daemon_json_2"])
+    assert original["default-runtime"] == "ascend"
+    merged = daemon_json(fleet, "devserver-2")
+    assert merged["runtimes"] == original["runtimes"]
+    assert merged["default-runtime"] == "ascend"
+    assert merged["insecure-registries"][-1] == REGISTRY
+    for key, value in original.items():
+        if key not in ("log-opts", "insecure-registries"):
+            assert merged[key] == value, key
+    assert merged["log-opts"]["max-file"] == "5"
+    # The daemon was restarted on the change and runs with the Ascend runtime as its default.
+    assert fleet.sh("devserver-2", "docker info --format '{{.DefaultRuntime}}'").stdout.strip() == "ascend"
+    # The original is kept as a backup next to it.
+    assert fleet.sh("devserver-2", "ls /etc/docker/ | grep -c '^daemon.json\\..*~$'").stdout.strip() == "1"
+
+
+def test_container_cannot_reach_the_metadata_address_but_other_traffic_works(
+    fleet: harness.Fleet, metadata_service: str
+) -> None:
+    # The stand-in answers the server itself (its traffic is not forwarded, so the guard does not apply).
+    assert fleet.sh("devserver-1", f"timeout 3 bash -c 'exec 3<>/dev/tcp/{METADATA}/80'").returncode == 0
+    reached, output = connect_from_container(fleet, "devserver-1", METADATA, 80)
+    assert not reached, output
+    reached, output = connect_from_container(fleet, "devserver-1", metadata_service, 22)
+    assert reached, f"other traffic from the container is blocked too: {output}"
+
+
+def test_guard_survives_a_docker_restart(fleet: harness.Fleet, metadata_service: str) -> None:
+    restarted = fleet.sh("devserver-1", "/usr/local/sbin/llava-dockerd restart", timeout=180)
+    assert restarted.returncode == 0 and "started" in restarted.stdout, restarted.stdout + restarted.stderr
+    assert METADATA in fleet.sh("devserver-1", "iptables -S DOCKER-USER").stdout
+    reached, output = connect_from_container(fleet, "devserver-1", METADATA, 80)
+    assert not reached, output
+
+
+def test_guard_turned_off_removes_the_rule_and_the_container_reaches_it(
+    fleet: harness.Fleet, metadata_service: str
+) -> None:
+    """metadata_guard: false removes the rule; also the control: the probe above can succeed."""
+    result = fleet.run_play(
+        "validate", "host", extravars={"metadata_guard": False}, limit="devserver-1", tags="metadata_guard"
+    )
+    result.assert_ok()
+    assert METADATA not in fleet.sh("devserver-1", "iptables -S DOCKER-USER").stdout
+    reached, output = connect_from_container(fleet, "devserver-1", METADATA, 80)
+    assert reached, output
+
+
+def test_invalid_daemon_json_stops_the_role_and_is_kept(fleet: harness.Fleet, runs: Any) -> None:
+    assert fleet.sh("devserver-2", "printf '{\"runtimes\": ' > /etc/docker/daemon.json").returncode == 0
+    result = fleet.run_play("validate", "host", limit="devserver-2", tags="docker_engine")
+    message = result.messages.get("devserver-2", "")
+    assert "/etc/docker/daemon.json on devserver-2 is not valid JSON" in message, message
+    assert fleet.sh("devserver-2", "cat /etc/docker/daemon.json").stdout == '{"runtimes": '
+
+
+def test_after_a_reboot_ip_forward_is_on_and_a_rerun_restores_docker_and_the_guard(
+    fleet: harness.Fleet, runs: Any
+) -> None:
+    """Last: reboots devserver-1 (the sim server's boot sets ip_forward=0, then applies /etc/sysctl.conf)."""
+    fleet.container("devserver-1").restart(timeout=5)
+    harness.wait_for(
+        lambda: fleet.sh("devserver-1", "pidof sshd").returncode == 0, "sshd after the reboot", 30
+    )
+    assert fleet.sh("devserver-1", "sysctl -n net.ipv4.ip_forward").stdout.strip() == "1"
+    # Nothing starts dockerd at boot without an init system, and its iptables rules are gone with it.
+    assert fleet.sh("devserver-1", "pidof dockerd").returncode != 0
+    fleet.run_play("validate", "host", limit="devserver-1").assert_ok()
+    assert fleet.sh("devserver-1", "docker info --format '{{.ServerVersion}}'").returncode == 0
+    assert METADATA in fleet.sh("devserver-1", "iptables -S DOCKER-USER").stdout
