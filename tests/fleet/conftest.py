@@ -19,7 +19,12 @@ import harness
 JOB_HOSTS = ("devserver-1", "devserver-2", "devserver-3")
 
 # Modules on job_fleet, in the order they build on each other's state; the other modules keep theirs.
-JOB_FLEET_ORDER = ("test_role_accel.py", "test_role_workspace.py", "test_role_train.py")
+JOB_FLEET_ORDER = (
+    "test_role_accel.py",
+    "test_role_workspace.py",
+    "test_role_train.py",
+    "test_job_hostile.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
