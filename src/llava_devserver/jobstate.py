@@ -11,6 +11,8 @@ to each server and runs it there as root with whatever `python3` the server has:
     python3 jobstate.py status --work-dir W --container-work-dir C --container NAME [--lines 400]
     python3 jobstate.py log    --work-dir W --container-work-dir C --container NAME [-n 100] [--follow]
     python3 jobstate.py fetch  --work-dir W --container-work-dir C --container NAME
+    python3 jobstate.py install --work-dir W --container-work-dir C --container NAME --tree L
+                                --manifest FILE --owner UID:GID [--backup-suffix .orig] [--check]
 
 Each but `log` prints ONE JSON object with `llava_progress` (Contract 6 of docs/architecture.md: the live
 display reads it) and `job` (the state file as it now is), exits 0, or 1 with `{"error": "..."}` when it
@@ -30,6 +32,11 @@ Two folders, because the training container is not trusted (its user can write a
   O_NOFOLLOW relative to the one before, a file is opened only when lstat says it is a regular file with one
   link, and its real path must lie in the log folder. Anything else fails with "state folder ... was
   tampered with: ...", and nothing is read, written or chowned through it.
+
+The LLaVA tree is the container's too: `install` writes the rendered launch script and DeepSpeed config
+into it the same way (each folder opened with O_NOFOLLOW, a file replaced only when it is a regular file with
+one link, written to an O_EXCL temporary file and renamed through the folder's descriptor, owner and mode set
+on descriptors); the content comes from a manifest in the root-only folder.
 
 The wrapper runs the launch script with its output appended to the log, forwards SIGTERM to it, and writes
 the script's exit status to `<log stem>.exit` when it ends: that file, not the Ansible connection, says how
@@ -402,6 +409,142 @@ def projector_file(paths: Paths, output_dir: str | None) -> dict[str, Any] | Non
         "bytes": info.st_size,
         "mtime": iso(datetime.fromtimestamp(info.st_mtime, UTC)),
     }
+
+
+# --- the LLaVA tree: the rendered files written without following links ----------------------------------
+
+
+def _tree_refused(tree: str, rel: str, why: str) -> TamperError:
+    return TamperError(
+        f"the LLaVA tree {tree} was tampered with: {rel} {why}; nothing was read or written through it. "
+        "Something in the training container replaced it: run playbooks/workspace.yml to rebuild the tree"
+    )
+
+
+def _walk_dirs(base: str, parts: Sequence[str], refused: Callable[[str, str], TamperError]) -> list[int]:
+    """Descriptors of base and of each folder below it (the last is the innermost), no link followed."""
+    fds = [os.open(base, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)]
+    try:
+        for index, part in enumerate(parts):
+            try:
+                fds.append(
+                    os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC, dir_fd=fds[-1])
+                )
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise refused("/".join(parts[: index + 1]), _what(fds[-1], part)) from exc
+                raise
+    except BaseException:
+        for fd in reversed(fds):
+            os.close(fd)
+        raise
+    return fds
+
+
+def _regular_or_absent(dir_fd: int, name: str, rel: str, refused: Callable[[str, str], TamperError]) -> Any:
+    """lstat of a file that we may replace: None when absent, a refusal unless a regular single-link file."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        raise refused(rel, _what(dir_fd, name))
+    return info
+
+
+def _read_at(
+    dir_fd: int, name: str, before: Any, rel: str, refused: Callable[[str, str], TamperError]
+) -> bytes:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | _CLOEXEC, dir_fd=dir_fd)
+    try:
+        info = os.fstat(fd)
+        if (info.st_dev, info.st_ino) != (before.st_dev, before.st_ino):
+            raise refused(rel, "was replaced while it was opened")
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+def _write_at(dir_fd: int, name: str, data: bytes, mode: int, owner: tuple[int, int] | None) -> None:
+    """Replace dir_fd/name atomically: an O_EXCL temporary file beside it, owner and mode set on its
+    descriptor, renamed over the old name through the folder's descriptor (a link there is replaced, not
+    followed)."""
+    tmp = f".{name}.llava-devserver-{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp, dir_fd=dir_fd)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o600, dir_fd=dir_fd)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if owner is not None and os.geteuid() == 0:
+                os.fchown(fd, owner[0], owner[1])
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+def install_files(
+    paths: Paths,
+    tree: str,
+    files: Mapping[str, str],
+    owner: tuple[int, int] | None,
+    backup_suffix: str = ".orig",
+    check: bool = False,
+) -> dict[str, Any]:
+    """Write `files` ({path under the tree: content}) into the LLaVA tree (a container path), keeping the
+    original of each once as <path><backup_suffix>; mode 0755 for scripts, 0644 otherwise. Returns what
+    changed (or would, with check)."""
+    tree_host = host_path(paths.work_dir, paths.container_work_dir, tree)
+    tree_parts = [p for p in os.path.relpath(tree_host, paths.work_dir).split(os.sep) if p not in ("", ".")]
+
+    def refused(rel: str, why: str) -> TamperError:
+        return _tree_refused(tree_host, os.path.join(paths.work_dir, rel), why)
+
+    changed, backed_up = [], []
+    for rel in sorted(files):
+        parts = [p for p in rel.split("/") if p]
+        if not parts or any(p in (".", "..") for p in parts) or not backup_suffix.startswith("."):
+            raise ValueError(f"{rel!r}: expected a relative path inside the LLaVA tree")
+        data = files[rel].encode("utf-8")
+        mode = 0o755 if rel.endswith(".sh") else 0o644
+        fds = _walk_dirs(paths.work_dir, tree_parts + parts[:-1], refused)
+        try:
+            dir_fd, name = fds[-1], parts[-1]
+            where = os.path.relpath(os.path.join(tree_host, rel), paths.work_dir)
+            current = _regular_or_absent(dir_fd, name, where, refused)
+            backup = _regular_or_absent(dir_fd, name + backup_suffix, where + backup_suffix, refused)
+            old = _read_at(dir_fd, name, current, where, refused) if current is not None else None
+            if old is not None and old != data and backup is None:
+                backed_up.append(rel + backup_suffix)
+                if not check:
+                    _write_at(dir_fd, name + backup_suffix, old, stat.S_IMODE(current.st_mode), owner)
+            if current is None:
+                outdated = True
+            else:
+                wrong_owner = (
+                    owner is not None and os.geteuid() == 0 and (current.st_uid, current.st_gid) != owner
+                )
+                outdated = old != data or stat.S_IMODE(current.st_mode) != mode or wrong_owner
+            if outdated:
+                changed.append(rel)
+                if not check:
+                    _write_at(dir_fd, name, data, mode, owner)
+        finally:
+            for fd in reversed(fds):
+                os.close(fd)
+    return {"changed": changed, "backed_up": backed_up, "check": check}
 
 
 # --- the state file: root-only, outside the container's reach --------------------------------------------
@@ -1053,7 +1196,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobstate.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
     sub.required = True
-    for name in ("plan", "start", "probe", "stop", "status", "log", "fetch"):
+    for name in ("plan", "start", "probe", "stop", "status", "log", "fetch", "install"):
         p = sub.add_parser(name)
         p.add_argument("--work-dir", required=True)
         p.add_argument("--container-work-dir", required=True)
@@ -1084,6 +1227,11 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("-f", "--follow", action="store_true")
         if name == "stop":
             p.add_argument("--grace", type=int, default=60)
+        if name == "install":
+            p.add_argument("--tree", required=True, help="the LLaVA tree (container path)")
+            p.add_argument("--manifest", required=True, help="JSON {path under the tree: content}")
+            p.add_argument("--owner", type=_owner, default=None, help="UID:GID of the files")
+            p.add_argument("--backup-suffix", default=".orig")
     return parser
 
 
@@ -1102,6 +1250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = status(paths, args.lines, args.output_dir)
         elif args.command == "fetch":
             out = fetch_copy(paths)
+        elif args.command == "install":
+            with open(args.manifest, encoding="utf-8") as handle:
+                files = json.load(handle)
+            if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+                raise ValueError(f"{args.manifest}: expected a JSON object of path: content")
+            out = install_files(paths, args.tree, files, args.owner, args.backup_suffix, args.check)
         elif args.command == "probe":
             out = probe(
                 paths,

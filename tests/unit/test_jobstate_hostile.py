@@ -238,3 +238,72 @@ def test_log_command_streams_only_the_real_log(fleet: tuple[jobstate.Paths, Vict
     result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
     assert result.returncode == 1 and TAMPERED in result.stderr and result.stdout == ""
     victims.assert_untouched(result.stdout, result.stderr)
+
+
+# --- the rendered files written into the (container-writable) LLaVA tree ---------------------------------
+
+TREE = "/home/ma-user/ws/LLaVA"
+FILES = {"scripts/v1_5/pretrain_new.sh": "#!/bin/bash\necho ours\n", "scripts/zero2.json": "{}\n"}
+
+
+@pytest.fixture
+def tree(fleet: tuple[jobstate.Paths, Victims]) -> tuple[jobstate.Paths, Victims, Path]:
+    paths, victims = fleet
+    root = Path(paths.work_dir) / "LLaVA"
+    (root / "scripts" / "v1_5").mkdir(parents=True)
+    (root / "scripts" / "v1_5" / "pretrain_new.sh").write_text("#!/bin/bash\necho the guide's\n")
+    (root / "scripts" / "zero2.json").write_text('{"guide": true}\n')
+    if os.geteuid() == 0:
+        for path in [root, *root.rglob("*")]:
+            os.chown(path, CONTAINER_UID, CONTAINER_UID)
+    return paths, victims, root
+
+
+def test_install_writes_keeps_the_original_once_and_is_idempotent(
+    tree: tuple[jobstate.Paths, Victims, Path],
+) -> None:
+    paths, _, root = tree
+    owner = (CONTAINER_UID, CONTAINER_UID)
+    planned = jobstate.install_files(paths, TREE, FILES, owner, check=True)
+    assert (
+        planned["changed"] == sorted(FILES)
+        and (root / "scripts/zero2.json").read_text() == '{"guide": true}\n'
+    )
+    done = jobstate.install_files(paths, TREE, FILES, owner)
+    assert done["changed"] == sorted(FILES)
+    assert done["backed_up"] == ["scripts/v1_5/pretrain_new.sh.orig", "scripts/zero2.json.orig"]
+    script = root / "scripts/v1_5/pretrain_new.sh"
+    assert script.read_text() == FILES["scripts/v1_5/pretrain_new.sh"]
+    assert (
+        stat.S_IMODE(script.stat().st_mode) == 0o755
+        and stat.S_IMODE((root / "scripts/zero2.json").stat().st_mode) == 0o644
+    )
+    assert (root / "scripts/v1_5/pretrain_new.sh.orig").read_text() == "#!/bin/bash\necho the guide's\n"
+    if os.geteuid() == 0:
+        assert (script.stat().st_uid, script.stat().st_gid) == owner
+    again = jobstate.install_files(paths, TREE, FILES, owner)
+    assert again["changed"] == [] and again["backed_up"] == []
+    assert sorted(p.name for p in (root / "scripts").iterdir()) == ["v1_5", "zero2.json", "zero2.json.orig"]
+
+
+@pytest.mark.parametrize("replaced", ["scripts", "scripts/v1_5", "scripts/v1_5/pretrain_new.sh", "hardlink"])
+def test_install_follows_no_link_in_the_tree(
+    tree: tuple[jobstate.Paths, Victims, Path], replaced: str
+) -> None:
+    paths, victims, root = tree
+    if replaced == "hardlink":
+        (root / "scripts/v1_5/pretrain_new.sh").unlink()
+        os.link(victims.files[0], root / "scripts/v1_5/pretrain_new.sh")
+        expected = f"{root}/scripts/v1_5/pretrain_new.sh is a regular file with 2 hard links"
+    else:
+        target = victims.files[0] if replaced.endswith(".sh") else victims.dir
+        _as_container(root / replaced, target)
+        expected = f"{root}/{replaced} is a symbolic link"
+    with pytest.raises(jobstate.TamperError) as refused:
+        jobstate.install_files(paths, TREE, FILES, (CONTAINER_UID, CONTAINER_UID))
+    assert f"the LLaVA tree {root} was tampered with: {expected}" in str(refused.value)
+    victims.assert_untouched(str(refused.value))
+    # nothing of a victim landed in the tree (the backup of a "guide's file" that was a link to it)
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_nlink == 1:  # not the victim itself
+            assert "SECRET-" not in path.read_text(errors="replace"), path
