@@ -551,6 +551,13 @@ class Settings(BaseModel):
         description="Wait for training to finish (otherwise start it and return).",
         json_schema_extra=_scope("fleet"),
     )
+    loss_log_node: Literal["auto", "first", "last"] = Field(
+        "auto",
+        description="Which node's training log holds the loss (logs, status, the report read it): first "
+        "(node_rank 0, where the HF Trainer prints), last (the last rank, where Megatron/MindSpeed print, as "
+        "the guide says) or auto: the last node whose log has loss lines.",
+        json_schema_extra=_scope("fleet"),
+    )
     train_restart: bool = Field(
         False,
         description="Start the job again although it finished (mm_projector.bin saved); it resumes from "
@@ -1074,6 +1081,7 @@ class HostSettings(BaseModel):
             "world_size": self.world_size,
             "train_env": {**DEFAULT_TRAIN_ENV, **s.train_env},
             "train_wait": s.train_wait,
+            "loss_log_node": s.loss_log_node,
             "train_restart": s.train_restart,
             "cann_set_env": CANN_SET_ENV,
             "accel_check_force": s.accel_check_force,

@@ -3,24 +3,46 @@
 Standalone on purpose: Python 3 standard library only (3.7+), so the role llava_pretrain copies this file
 to each server and runs it there as root with whatever `python3` the server has:
 
-    python3 jobstate.py plan  WHERE --output-dir DIR --node-rank N [--restart] [--check]
-    python3 jobstate.py start WHERE --llava-dir L --script scripts/v1_5/pretrain_new.sh --node-rank N
-                                    [--user U] [--check] ...
-    python3 jobstate.py probe WHERE [--no-write]
-    python3 jobstate.py stop  WHERE [--grace 60] [--check]
+    python3 jobstate.py plan    WHERE --output-dir DIR --node-rank N [--restart] [--check] ...
+    python3 jobstate.py start   WHERE --llava-dir L --script scripts/v1_5/pretrain_new.sh --node-rank N
+                                      [--user U] [--owner UID:GID] [--check] ...
+    python3 jobstate.py probe   WHERE [--no-write]
+    python3 jobstate.py stop    WHERE [--grace 60] [--check]
+    python3 jobstate.py status  WHERE [--lines 400]
+    python3 jobstate.py log     WHERE [-n 100] [--follow]
+    python3 jobstate.py fetch   WHERE
+    python3 jobstate.py install WHERE --tree L --manifest FILE --owner UID:GID [--backup-suffix .orig]
+                                      [--check]
 
 WHERE is `--work-dir W --container-work-dir C --state-dir S --container NAME` (S: llava.state_dir).
 
-Each prints ONE JSON object with `llava_progress` (Contract 6 of docs/architecture.md: the live display
-reads it) and `job` (the state file as it now is), exits 0, or 1 with `{"error": "..."}` when it cannot.
+Each but `log` prints ONE JSON object with `llava_progress` (Contract 6 of docs/architecture.md: the live
+display reads it) and `job` (the state file as it now is), exits 0, or 1 with `{"error": "..."}` when it
+cannot; `log` prints the log itself (exit 3: no job, 1: an error on stderr).
 
-The state file `S/job.json` (host path; S lies under W, which is mounted at C in the container) holds
-`state` (running, finished, failed, stopped), `pid` (inside the container, of a wrapper started with setsid,
-so it leads the job's process group), `log` (host path of this node's log), `node_rank`, `container`,
-`started_at`/`updated_at`/`finished_at`, `exit_code` and the last progress (`step`, `total_steps`, `loss`,
-`samples_per_s`). The wrapper runs the launch script with its output appended to the log, forwards SIGTERM
-to it, and writes the script's exit status to `<log stem>.exit` when it ends: that file, not the Ansible
-connection, says how the job ended.
+Two folders, because the training container is not trusted (its user can write all of work_dir):
+
+- The state file `job.json` and its lock live in `/var/lib/llava-devserver/<container>/` on the host, a
+  root-only (0700) folder outside every bind mount: the container can neither read nor replace them.
+  It holds `state` (running, finished, failed, stopped), `pid` (inside the container, of a wrapper started
+  with setsid, so it leads the job's process group), `log` (host path of this node's log), `node_rank`,
+  `container`, `started_at`/`updated_at`/`finished_at`, `exit_code`, the last progress (`step`,
+  `total_steps`, `loss`, `samples_per_s`) and `loss_lines` (whether this node's log prints the loss).
+- The job's log, written by the container's user, lives in the state folder's `S/logs/` (S, llava.state_dir,
+  lies under W, which is mounted at C in the training container). The host side never follows a link there:
+  the log's name is derived (`train-<UTC>.log`, checked against a fixed pattern), every folder on the way
+  from W is opened with O_NOFOLLOW relative to the one before, a file is opened only when lstat says it is a
+  regular file with one link, and its real path must lie in the log folder. Anything else fails with
+  "state folder ... was tampered with: ...", and nothing is read, written or chowned through it.
+
+The LLaVA tree is the container's too: `install` writes the rendered launch script and DeepSpeed config
+into it the same way (each folder opened with O_NOFOLLOW, a file replaced only when it is a regular file with
+one link, written to an O_EXCL temporary file and renamed through the folder's descriptor, owner and mode set
+on descriptors); the content comes from a manifest in the root-only folder.
+
+The wrapper runs the launch script with its output appended to the log, forwards SIGTERM to it, and writes
+the script's exit status to `<log stem>.exit` when it ends: that file, not the Ansible connection, says how
+the job ended.
 
 The controller side (the filter plugin of the role) imports the pure functions: `fleet_plan` decides, from
 every server's plan, whether the job is running, done, or to be (re)started on all nodes together.
@@ -30,10 +52,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
 import re
+import select
+import stat
 import subprocess
 import sys
 import time
@@ -42,14 +67,20 @@ from datetime import datetime, timezone
 from typing import Any
 
 UTC = timezone.utc  # noqa: UP017 (datetime.UTC is 3.11+; servers run 3.7 and newer)
+STATE_ROOT = "/var/lib/llava-devserver"  # root-only, on the host, outside every bind mount
+STATE_ROOT_ENV = "LLAVA_DEVSERVER_STATE_ROOT"  # another root for tests on one machine
 STATE_NAME = "job.json"
 LOCK_NAME = "job.lock"
 LOG_DIR = "logs"
+FETCH_NAME = "fetched-train.log"  # the copy of the loss log that the role fetches, in the root-only folder
+LOG_NAME = re.compile(r"train-\d{8}T\d{6}Z\.log")
+CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 JOB_PATTERN = "llava/train/train_mem.py"  # what every process of a LLaVA training job has in its command line
 PROJECTOR = "mm_projector.bin"
 STATES = ("running", "finished", "failed", "stopped")
 TAIL_BYTES = 256 * 1024
 WRAPPER_NAME = "llava-job"
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 # The launch: a wrapper, the leader of a new session and process group (setsid), runs the script with its
 # output appended to the log, passes SIGTERM/SIGINT/SIGHUP on to it, and writes its exit status beside the
@@ -133,6 +164,10 @@ class JobError(RuntimeError):
     """Something the job cannot do; the message says what and what to do."""
 
 
+class TamperError(JobError):
+    """Something in the container-writable state folder is not what the host side put there."""
+
+
 # --- paths ----------------------------------------------------------------------------------------------
 
 
@@ -157,23 +192,44 @@ def container_path(work_dir: str, container_work_dir: str, path_on_host: str) ->
     return container_work_dir.rstrip("/") if rel == "." else os.path.join(container_work_dir, rel)
 
 
-class Paths:
-    """Where the job's files are, on the host and in the container."""
+def state_root() -> str:
+    return os.environ.get(STATE_ROOT_ENV) or STATE_ROOT
 
-    def __init__(self, work_dir: str, container_work_dir: str, state_dir: str) -> None:
-        self.work_dir = work_dir
+
+class Paths:
+    """Where the job's files are: the root-only state on the host, the log in the container-writable
+    state folder (host and container paths)."""
+
+    def __init__(
+        self, work_dir: str, container_work_dir: str, state_dir: str, container: str = "llava-pretrain"
+    ) -> None:
+        if not CONTAINER_NAME.fullmatch(container):
+            raise ValueError(f"container name {container!r}: expected letters, digits, '_', '.', '-'")
+        self.work_dir = os.path.normpath(work_dir)
         self.container_work_dir = container_work_dir
-        self.state_dir = state_dir
-        self.in_container(state_dir)  # ValueError unless under work_dir: the container must see the logs
-        self.state_file = os.path.join(self.state_dir, STATE_NAME)
-        self.lock_file = os.path.join(self.state_dir, LOCK_NAME)
-        self.log_dir = os.path.join(self.state_dir, LOG_DIR)
+        self.state_dir = os.path.normpath(state_dir)  # container-writable (llava.state_dir)
+        self.in_container(self.state_dir)  # ValueError unless under work_dir: the container must see the logs
+        self.log_dir = os.path.join(self.state_dir, LOG_DIR)  # container-writable
+        self.private_root = state_root()
+        self.private_dir = os.path.join(self.private_root, container)  # root-only
+        self.state_file = os.path.join(self.private_dir, STATE_NAME)
+        self.lock_file = os.path.join(self.private_dir, LOCK_NAME)
+        self.fetch_file = os.path.join(self.private_dir, FETCH_NAME)
 
     def in_container(self, path_on_host: str) -> str:
         return container_path(self.work_dir, self.container_work_dir, path_on_host)
 
     def new_log(self, now: datetime) -> str:
-        return os.path.join(self.log_dir, "train-" + now.strftime("%Y%m%dT%H%M%SZ") + ".log")
+        return os.path.join(self.log_dir, "train-" + now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ") + ".log")
+
+    def log_name(self, job: Mapping[str, Any]) -> str | None:
+        """The name of the job's log in the log folder, or None when the record names no log of ours
+        (e.g. a record made for another work_dir)."""
+        log = job.get("log")
+        if not isinstance(log, str) or os.path.dirname(log) != self.log_dir:
+            return None
+        name = os.path.basename(log)
+        return name if LOG_NAME.fullmatch(name) else None
 
 
 def exit_file(log: str) -> str:
@@ -188,16 +244,347 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-# --- the state file -------------------------------------------------------------------------------------
+# --- the container-writable state folder: never followed ------------------------------------------------
+
+
+def _tampered(paths: Paths, rel: str, why: str) -> TamperError:
+    return TamperError(
+        f"state folder {paths.state_dir} was tampered with: {rel} {why}; nothing was read, written or "
+        f"changed through it. Something in the training container replaced it: remove {paths.work_dir}/{rel} "
+        "and run again"
+    )
+
+
+def _what(dir_fd: int, name: str) -> str:
+    """What an entry is, without following it (for the tamper message)."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return "is not what it was a moment ago"
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            return f"is a symbolic link (to {os.readlink(name, dir_fd=dir_fd)!r}, not followed)"
+        except OSError:
+            return "is a symbolic link (not followed)"
+    if stat.S_ISDIR(info.st_mode):
+        return "is a directory, not a file"
+    if stat.S_ISREG(info.st_mode):
+        return f"is a regular file with {info.st_nlink} hard links" if info.st_nlink > 1 else "is a file"
+    return "is a device, FIFO or socket, not a regular file"
+
+
+def _open_dir(paths: Paths, parent_fd: int, name: str, rel: str, owner: tuple[int, int] | None) -> int:
+    """Open (with owner: create, and chown through the descriptor) a sub-folder without following links."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
+    try:
+        fd = os.open(name, flags, dir_fd=parent_fd)
+    except FileNotFoundError:
+        if owner is None:
+            raise
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o755, dir_fd=parent_fd)
+        try:
+            fd = os.open(name, flags, dir_fd=parent_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise _tampered(paths, rel, _what(parent_fd, name)) from exc
+            raise
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise _tampered(paths, rel, _what(parent_fd, name)) from exc
+        raise
+    if owner is not None and os.geteuid() == 0:
+        info = os.fstat(fd)
+        if (info.st_uid, info.st_gid) != owner:
+            os.fchown(fd, owner[0], owner[1])  # the descriptor: this very folder, never a link's target
+    return fd
+
+
+def _log_dir_parts(paths: Paths) -> list[str]:
+    """The names from work_dir down to the log folder (the state folder's path, then logs)."""
+    return os.path.relpath(paths.log_dir, paths.work_dir).split(os.sep)
+
+
+@contextlib.contextmanager
+def log_folder(paths: Paths, owner: tuple[int, int] | None = None) -> Iterator[int]:
+    """A descriptor of S/logs (S: the state folder), reached from work_dir without following links (created
+    with owner)."""
+    # work_dir itself is the operator's path and the container's mount point (which it cannot replace);
+    # below it everything is the container's.
+    fds = [os.open(paths.work_dir, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)]
+    try:
+        rel = ""
+        for name in _log_dir_parts(paths):
+            rel = f"{rel}/{name}" if rel else name
+            fds.append(_open_dir(paths, fds[-1], name, rel, owner))
+        yield fds[-1]
+    finally:
+        for fd in reversed(fds):
+            os.close(fd)
+
+
+def _open_log_file(paths: Paths, dir_fd: int, name: str) -> int | None:
+    """A read descriptor of a regular, singly linked file in the log folder; None when it is absent."""
+    rel = "/".join([*_log_dir_parts(paths), name])
+    try:
+        before = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    # lstat first: opening a device node the container made (its root may mknod) must not happen at all.
+    if not stat.S_ISREG(before.st_mode) or before.st_nlink != 1:
+        raise _tampered(paths, rel, _what(dir_fd, name))
+    real = os.path.realpath(os.path.join(paths.log_dir, name))
+    if os.path.dirname(real) != os.path.realpath(paths.log_dir):
+        raise _tampered(paths, rel, f"resolves to {real}, outside {paths.log_dir}")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | _CLOEXEC
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _tampered(paths, rel, _what(dir_fd, name)) from exc
+        raise
+    info = os.fstat(fd)
+    if (info.st_dev, info.st_ino) != (before.st_dev, before.st_ino) or not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise _tampered(paths, rel, "was replaced while it was opened")
+    return fd
+
+
+def _read_fd_tail(fd: int, size: int) -> bytes:
+    length = os.fstat(fd).st_size
+    os.lseek(fd, max(0, length - size), os.SEEK_SET)
+    chunks = []
+    remaining = min(size, length)
+    while remaining > 0:
+        chunk = os.read(fd, min(remaining, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_log_file(paths: Paths, name: str, size: int = TAIL_BYTES) -> str | None:
+    """The end of a file of the log folder (the log, its exit file), read safely; None when absent."""
+    try:
+        with log_folder(paths) as dir_fd:
+            fd = _open_log_file(paths, dir_fd, name)
+            if fd is None:
+                return None
+            try:
+                return _read_fd_tail(fd, size).decode("utf-8", errors="replace")
+            finally:
+                os.close(fd)
+    except FileNotFoundError:
+        return None
+
+
+def read_tail(paths: Paths, job: Mapping[str, Any], size: int = TAIL_BYTES) -> str:
+    name = paths.log_name(job)
+    return (read_log_file(paths, name, size) or "") if name else ""
+
+
+def read_exit_code(paths: Paths, job: Mapping[str, Any]) -> int | None:
+    name = paths.log_name(job)
+    text = read_log_file(paths, exit_file(name), 64) if name else None
+    text = (text or "").strip()
+    return int(text) if re.fullmatch(r"-?\d+", text) else None
+
+
+def projector_file(paths: Paths, output_dir: str | None) -> dict[str, Any] | None:
+    """mm_projector.bin in output_dir (a container path): its paths and size, looked at without following
+    links (output_dir is the container's too); None when it is not there as a regular file."""
+    if not output_dir:
+        return None
+    try:
+        path = host_path(paths.work_dir, paths.container_work_dir, os.path.join(output_dir, PROJECTOR))
+    except ValueError:
+        return None
+    parts = os.path.relpath(path, paths.work_dir).split(os.sep)
+    fds = [os.open(paths.work_dir, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)]
+    try:
+        for part in parts[:-1]:
+            fds.append(os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC, dir_fd=fds[-1]))
+        info = os.stat(parts[-1], dir_fd=fds[-1], follow_symlinks=False)
+    except OSError:
+        return None
+    finally:
+        for fd in reversed(fds):
+            os.close(fd)
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return {
+        "path": os.path.join(output_dir, PROJECTOR),
+        "host_path": path,
+        "bytes": info.st_size,
+        "mtime": iso(datetime.fromtimestamp(info.st_mtime, UTC)),
+    }
+
+
+# --- the LLaVA tree: the rendered files written without following links ----------------------------------
+
+
+def _tree_refused(tree: str, rel: str, why: str) -> TamperError:
+    return TamperError(
+        f"the LLaVA tree {tree} was tampered with: {rel} {why}; nothing was read or written through it. "
+        "Something in the training container replaced it: run playbooks/workspace.yml to rebuild the tree"
+    )
+
+
+def _walk_dirs(base: str, parts: Sequence[str], refused: Callable[[str, str], TamperError]) -> list[int]:
+    """Descriptors of base and of each folder below it (the last is the innermost), no link followed."""
+    fds = [os.open(base, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)]
+    try:
+        for index, part in enumerate(parts):
+            try:
+                fds.append(
+                    os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC, dir_fd=fds[-1])
+                )
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise refused("/".join(parts[: index + 1]), _what(fds[-1], part)) from exc
+                raise
+    except BaseException:
+        for fd in reversed(fds):
+            os.close(fd)
+        raise
+    return fds
+
+
+def _regular_or_absent(dir_fd: int, name: str, rel: str, refused: Callable[[str, str], TamperError]) -> Any:
+    """lstat of a file that we may replace: None when absent, a refusal unless a regular single-link file."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        raise refused(rel, _what(dir_fd, name))
+    return info
+
+
+def _read_at(
+    dir_fd: int, name: str, before: Any, rel: str, refused: Callable[[str, str], TamperError]
+) -> bytes:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | _CLOEXEC, dir_fd=dir_fd)
+    try:
+        info = os.fstat(fd)
+        if (info.st_dev, info.st_ino) != (before.st_dev, before.st_ino):
+            raise refused(rel, "was replaced while it was opened")
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+def _write_at(dir_fd: int, name: str, data: bytes, mode: int, owner: tuple[int, int] | None) -> None:
+    """Replace dir_fd/name atomically: an O_EXCL temporary file beside it, owner and mode set on its
+    descriptor, renamed over the old name through the folder's descriptor (a link there is replaced, not
+    followed)."""
+    tmp = f".{name}.llava-devserver-{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp, dir_fd=dir_fd)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o600, dir_fd=dir_fd)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if owner is not None and os.geteuid() == 0:
+                os.fchown(fd, owner[0], owner[1])
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+def install_files(
+    paths: Paths,
+    tree: str,
+    files: Mapping[str, str],
+    owner: tuple[int, int] | None,
+    backup_suffix: str = ".orig",
+    check: bool = False,
+) -> dict[str, Any]:
+    """Write `files` ({path under the tree: content}) into the LLaVA tree (a container path), keeping the
+    original of each once as <path><backup_suffix>; mode 0755 for scripts, 0644 otherwise. Returns what
+    changed (or would, with check)."""
+    tree_host = host_path(paths.work_dir, paths.container_work_dir, tree)
+    tree_parts = [p for p in os.path.relpath(tree_host, paths.work_dir).split(os.sep) if p not in ("", ".")]
+
+    def refused(rel: str, why: str) -> TamperError:
+        return _tree_refused(tree_host, os.path.join(paths.work_dir, rel), why)
+
+    changed, backed_up = [], []
+    for rel in sorted(files):
+        parts = [p for p in rel.split("/") if p]
+        if not parts or any(p in (".", "..") for p in parts) or not backup_suffix.startswith("."):
+            raise ValueError(f"{rel!r}: expected a relative path inside the LLaVA tree")
+        data = files[rel].encode("utf-8")
+        mode = 0o755 if rel.endswith(".sh") else 0o644
+        fds = _walk_dirs(paths.work_dir, tree_parts + parts[:-1], refused)
+        try:
+            dir_fd, name = fds[-1], parts[-1]
+            where = os.path.relpath(os.path.join(tree_host, rel), paths.work_dir)
+            current = _regular_or_absent(dir_fd, name, where, refused)
+            backup = _regular_or_absent(dir_fd, name + backup_suffix, where + backup_suffix, refused)
+            old = _read_at(dir_fd, name, current, where, refused) if current is not None else None
+            if old is not None and old != data and backup is None:
+                backed_up.append(rel + backup_suffix)
+                if not check:
+                    _write_at(dir_fd, name + backup_suffix, old, stat.S_IMODE(current.st_mode), owner)
+            if current is None:
+                outdated = True
+            else:
+                wrong_owner = (
+                    owner is not None and os.geteuid() == 0 and (current.st_uid, current.st_gid) != owner
+                )
+                outdated = old != data or stat.S_IMODE(current.st_mode) != mode or wrong_owner
+            if outdated:
+                changed.append(rel)
+                if not check:
+                    _write_at(dir_fd, name, data, mode, owner)
+        finally:
+            for fd in reversed(fds):
+                os.close(fd)
+    return {"changed": changed, "backed_up": backed_up, "check": check}
+
+
+# --- the state file: root-only, outside the container's reach --------------------------------------------
+
+
+def _private_dir(paths: Paths) -> None:
+    """Create the root-only folders of the state (0700) and make sure they are what they must be."""
+    for path in (paths.private_root, paths.private_dir):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+        info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            raise JobError(
+                f"{path}: expected a directory owned by uid {os.geteuid()} (it holds the job state, which "
+                "no other user may write); remove it or fix its owner, then run again"
+            )
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            os.chmod(path, 0o700)
 
 
 def read_job(path: str) -> dict[str, Any]:
     """The state file, `{}` when there is none. A damaged file is an error naming it."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _CLOEXEC)
     except FileNotFoundError:
         return {}
+    with os.fdopen(fd, encoding="utf-8") as handle:
+        text = handle.read()
     try:
         job = json.loads(text)
     except ValueError as exc:
@@ -207,60 +594,45 @@ def read_job(path: str) -> dict[str, Any]:
     return job
 
 
-def own_like_parent(path: str) -> None:
-    """Give a file we write as root the owner of its directory (the image user's, as the guide's chown -R
-    wants for the whole work_dir), so that the next run finds nothing to chown."""
-    if os.geteuid() != 0:
-        return
-    parent = os.stat(os.path.dirname(path) or ".")
-    mine = os.stat(path)
-    if (mine.st_uid, mine.st_gid) != (parent.st_uid, parent.st_gid):
-        os.chown(path, parent.st_uid, parent.st_gid)
+def _write_private(paths: Paths, path: str, data: bytes) -> None:
+    """Write a file of the root-only folder atomically (a fresh O_EXCL temporary file, then rename)."""
+    _private_dir(paths)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
-def write_job(path: str, job: Mapping[str, Any]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(dict(job), indent=2, sort_keys=True) + "\n")
-    os.chmod(tmp, 0o644)
-    own_like_parent(tmp)
-    os.replace(tmp, path)
+def write_job(paths: Paths, job: Mapping[str, Any]) -> None:
+    text = json.dumps(dict(job), indent=2, sort_keys=True) + "\n"
+    _write_private(paths, paths.state_file, text.encode("utf-8"))
 
 
 @contextlib.contextmanager
-def locked(path: str) -> Iterator[None]:
+def locked(paths: Paths) -> Iterator[None]:
     """One plan/start/stop at a time on a server (two Ansible runs at once must not start two jobs)."""
     import fcntl
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a") as handle:
-        own_like_parent(path)
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    _private_dir(paths)
+    fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | _CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def read_exit_code(path: str) -> int | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read().strip()
-    except OSError:
-        return None
-    return int(text) if re.fullmatch(r"-?\d+", text) else None
-
-
-def read_tail(path: str, size: int = TAIL_BYTES) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            length = handle.tell()
-            handle.seek(max(0, length - size))
-            return handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 # --- progress from the end of the log -------------------------------------------------------------------
@@ -272,7 +644,10 @@ _TOTAL = re.compile(r"Total optimization steps = ([\d,]+)")
 _BAR = re.compile(r"\|\s*(\d+)/(\d+)\s*\[[^\]]*?(?:,\s*(" + _FLOAT + r")\s*(it/s|s/it))?\s*\]")
 _MEGATRON = re.compile(r"\biteration\s*(\d+)\s*/\s*(\d+)", re.IGNORECASE)
 _LM_LOSS = re.compile(r"\blm[ _]loss\s*:\s*(" + _FLOAT + ")", re.IGNORECASE)
+_BARE_LOSS = re.compile(r"\|\s*loss\s*:\s*(" + _FLOAT + ")", re.IGNORECASE)
 _SAMPLES = re.compile(r"samples per second\s*:\s*(" + _FLOAT + ")", re.IGNORECASE)
+_ELAPSED_MS = re.compile(r"elapsed time per iteration \(ms\)\s*:\s*(" + _FLOAT + ")", re.IGNORECASE)
+_GLOBAL_BATCH = re.compile(r"global batch size\s*:\s*(\d+)", re.IGNORECASE)
 
 
 def _number(text: str) -> float | None:
@@ -311,13 +686,16 @@ def parse_progress(text: str, global_batch: int | None = None) -> dict[str, Any]
                 rate = None
         match = _MEGATRON.search(segment)
         if match:
-            loss = _LM_LOSS.search(segment)
+            loss = _LM_LOSS.search(segment) or _BARE_LOSS.search(segment)
             if loss:
                 progress["step"], progress["total_steps"] = int(match.group(1)), int(match.group(2))
                 progress["loss"] = _number(loss.group(1))
             samples = _SAMPLES.search(segment)
+            elapsed, batch = _ELAPSED_MS.search(segment), _GLOBAL_BATCH.search(segment)
             if samples:
                 rate = _number(samples.group(1))
+            elif elapsed and batch and (_number(elapsed.group(1)) or 0) > 0:
+                rate = int(batch.group(1)) / (float(elapsed.group(1)) / 1000.0)
     if rate is not None and "samples_per_s" not in progress:
         progress["samples_per_s"] = round(rate, 3)
     return progress
@@ -497,12 +875,13 @@ class Container:
 
 
 def is_alive(container: Container, job: Mapping[str, Any], paths: Paths) -> bool:
-    pid, log = job.get("pid"), job.get("log")
-    if not isinstance(pid, int) or pid <= 0 or not log:
+    pid, name = job.get("pid"), paths.log_name(job)
+    if not isinstance(pid, int) or pid <= 0 or not name:
         return False
     command = container.cmdline(pid)
     # The wrapper's command line names its log: a pid reused by another process does not count.
-    return bool(command) and WRAPPER_NAME in str(command) and paths.in_container(str(log)) in str(command)
+    log = paths.in_container(os.path.join(paths.log_dir, name))
+    return bool(command) and WRAPPER_NAME in str(command) and log in str(command)
 
 
 def foreign_processes(lines: Sequence[str], own_pid: int | None = None) -> list[str]:
@@ -530,28 +909,60 @@ def output_state(names: Sequence[str] | None) -> dict[str, Any]:
 
 
 def probe(
-    paths: Paths, container: Container, now: datetime, write: bool = True, global_batch: int | None = None
+    paths: Paths,
+    container: Container,
+    now: datetime,
+    write: bool = True,
+    global_batch: int | None = None,
+    output_dir: str | None = None,
 ) -> dict[str, Any]:
     """Look at the job, bring the state file up to date (unless write is False) and return it."""
     job = read_job(paths.state_file)
     if not job:
         return {"job": {}, "llava_progress": {}}
-    log = str(job.get("log") or "")
+    has_log = paths.log_name(job) is not None
     alive = job.get("state") == "running" and is_alive(container, job, paths)
-    code = read_exit_code(exit_file(log)) if log else None
+    code = read_exit_code(paths, job) if has_log else None
     batch = global_batch or job.get("global_batch_size")
-    progress = parse_progress(read_tail(log), int(batch) if batch else None) if log else {}
+    text = read_tail(paths, job) if has_log else ""
+    progress = parse_progress(text, int(batch) if batch else None) if text else {}
     new = reconcile(job, alive, code, progress, now)
+    if "loss" in progress:
+        new["loss_lines"] = True  # this node's log prints the loss (loss_log_node: auto)
     if write and new != job:
-        write_job(paths.state_file, new)
+        write_job(paths, new)
     out: dict[str, Any] = {"job": new, "llava_progress": progress_view(new)}
-    if new.get("state") == "failed" and log:
-        out["log_tail"] = last_lines(read_tail(log, 64 * 1024), 20)
+    if new.get("state") == "failed" and text:
+        out["log_tail"] = last_lines(text[-64 * 1024 :], 20)
+    if output_dir:
+        out["projector"] = projector_file(paths, output_dir)
+    return out
+
+
+def status(paths: Paths, lines: int = 400, output_dir: str | None = None) -> dict[str, Any]:
+    """Read-only: the recorded job with the progress of its log, the log's last lines and the projector."""
+    job = read_job(paths.state_file)
+    out: dict[str, Any] = {"job": job, "llava_progress": progress_view(job), "log_tail": ""}
+    if job:
+        text = read_tail(paths, job)
+        progress = parse_progress(text, job.get("global_batch_size")) if text else {}
+        merged = dict(job)
+        merged.update({k: v for k, v in progress.items() if v is not None or k == "loss"})
+        if "loss" in progress:
+            merged["loss_lines"] = True
+        out.update(
+            job=merged,
+            llava_progress=progress_view(merged),
+            log_tail="\n".join(last_lines(text, lines)),
+        )
+    out["projector"] = projector_file(paths, output_dir)
     return out
 
 
 def last_lines(text: str, count: int) -> list[str]:
     """The last lines of a log, each progress-bar rewrite (carriage return) reduced to its final state."""
+    if count <= 0:
+        return []
     lines = [line.rsplit("\r", 1)[-1].rstrip() for line in text.split("\n")]
     return [line for line in lines if line.strip()][-count:]
 
@@ -595,8 +1006,13 @@ def start(
     action: str = "start",
     extra: Mapping[str, Any] | None = None,
     check: bool = False,
+    owner: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Start the job unless one runs; record it. Returns {"started": bool, "job": ..., "llava_progress"}."""
+    """Start the job unless one runs; record it. Returns {"started": bool, "job": ..., "llava_progress"}.
+
+    The log folder is created (or checked) without following links and given `owner` (the container
+    user's ids) through its descriptor, so that the job can write its log there.
+    """
     current = probe(paths, container, now, write=not check)
     job = current["job"]
     if job.get("state") == "running":
@@ -611,6 +1027,8 @@ def start(
     log = paths.new_log(now)
     if check:
         return {**current, "started": True, "check": True, "log": log}
+    with log_folder(paths, owner=owner or (os.geteuid(), os.getegid())):
+        pass
     log_c = paths.in_container(log)
     result = container.exec(
         LAUNCH, log_c, exit_file(log_c), pid_file(log_c), script, WRAPPER, user=user, workdir=llava_dir
@@ -637,12 +1055,13 @@ def start(
         "total_steps": None,
         "loss": None,
         "samples_per_s": None,
+        "loss_lines": False,
         "action": action,
         "launches": previous_launches + 1,
         "previous_log": job.get("log"),
         **dict(extra or {}),
     }
-    write_job(paths.state_file, new)
+    write_job(paths, new)
     return {"job": new, "llava_progress": progress_view(new), "started": True}
 
 
@@ -659,15 +1078,14 @@ def stop(
     result = container.exec(STOP, str(job["pid"]), str(int(grace)), user="0")
     if result.returncode not in (0, 3, 4) and not _GONE.search(result.stderr or ""):
         raise JobError(f"could not signal pid {job['pid']} in {container.name}: {result.stderr.strip()}")
-    log = str(job.get("log") or "")
     code = None
     for _ in range(50):  # the wrapper writes the exit status right after the script ended
-        code = read_exit_code(exit_file(log))
+        code = read_exit_code(paths, job)
         if code is not None or result.returncode == 4:
             break
         time.sleep(0.1)
     new = dict(job)
-    new.update(parse_progress(read_tail(log)) if log else {})
+    new.update(parse_progress(read_tail(paths, job)))
     new.update(
         {
             "state": "stopped",
@@ -678,18 +1096,119 @@ def stop(
             + (" (SIGKILL after the grace period)" if result.returncode == 4 else ""),
         }
     )
-    write_job(paths.state_file, new)
+    write_job(paths, new)
     return {"job": new, "llava_progress": progress_view(new), "stopped": True}
 
 
+def fetch_copy(paths: Paths) -> dict[str, Any]:
+    """Copy the job's log, read safely, into the root-only folder: the role fetches that copy, so Ansible
+    never opens a path in the container-writable folder."""
+    job = read_job(paths.state_file)
+    name = paths.log_name(job) if job else None
+    if not name:
+        return {"job": job, "llava_progress": progress_view(job), "fetch": None}
+    _private_dir(paths)
+    tmp = f"{paths.fetch_file}.tmp{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        with log_folder(paths) as dir_fd:
+            src = _open_log_file(paths, dir_fd, name)
+    except FileNotFoundError:
+        src = None
+    if src is None:
+        return {"job": job, "llava_progress": progress_view(job), "fetch": None}
+    try:
+        dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o600)
+        try:
+            while True:
+                chunk = os.read(src, 1 << 20)
+                if not chunk:
+                    break
+                os.write(dst, chunk)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+    os.replace(tmp, paths.fetch_file)
+    return {"job": job, "llava_progress": progress_view(job), "fetch": paths.fetch_file}
+
+
+def _stdout_closed() -> bool:
+    """True once the reader of our stdout went away (ssh ended): a follower must not outlive it."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLERR | select.POLLHUP)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def stream_log(
+    paths: Paths, lines: int, follow: bool, out: Any = None, interval: float = 0.5, polls: int = -1
+) -> int:
+    """`llava-devserver logs`: the last lines of the job's log, then (follow) what is appended, moving on to
+    the log of a newer launch. Exit 0, or 3 when no job is recorded on this server."""
+    out = out if out is not None else sys.stdout.buffer
+    job = read_job(paths.state_file)
+    name = paths.log_name(job) if job else None
+    if not name:
+        sys.stderr.write(f"no job on this server: {paths.state_file} names no log\n")
+        return 3
+    while True:
+        try:
+            with log_folder(paths) as dir_fd:
+                fd = _open_log_file(paths, dir_fd, name)
+        except FileNotFoundError:
+            fd = None
+        if fd is None:
+            sys.stderr.write(f"the log {os.path.join(paths.log_dir, name)} is missing\n")
+            return 3
+        try:
+            text = _read_fd_tail(fd, TAIL_BYTES).decode("utf-8", errors="replace")
+            tail = last_lines(text, lines) if lines > 0 else []
+            out.write("".join(line + "\n" for line in tail).encode("utf-8"))
+            out.flush()
+            if not follow:
+                return 0
+            position = os.fstat(fd).st_size
+            while polls != 0:
+                polls -= 1
+                os.lseek(fd, position, os.SEEK_SET)
+                chunk = os.read(fd, 1 << 20)
+                if chunk:
+                    position += len(chunk)
+                    out.write(chunk)
+                    out.flush()
+                    continue
+                if _stdout_closed():
+                    return 0
+                newer = paths.log_name(read_job(paths.state_file))
+                if newer and newer != name:
+                    name, lines = newer, 0
+                    break
+                time.sleep(interval)
+            else:
+                return 0
+        finally:
+            os.close(fd)
+
+
 # --- command line ---------------------------------------------------------------------------------------
+
+
+def _owner(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+):(\d+)", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected UID:GID, got {text!r}")
+    return int(match.group(1)), int(match.group(2))
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobstate.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
     sub.required = True
-    for name in ("plan", "start", "probe", "stop"):
+    for name in ("plan", "start", "probe", "stop", "status", "log", "fetch", "install"):
         p = sub.add_parser(name)
         p.add_argument("--work-dir", required=True)
         p.add_argument("--container-work-dir", required=True)
@@ -706,28 +1225,61 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--script", required=True)
             p.add_argument("--node-rank", type=int, required=True)
             p.add_argument("--user", default=None)
+            p.add_argument("--owner", type=_owner, default=None, help="UID:GID of the log folder")
             p.add_argument("--action", default="start")
             p.add_argument("--extra", default="{}", help="JSON object of extra keys for the state file")
         if name == "probe":
             p.add_argument("--no-write", action="store_true")
             p.add_argument("--global-batch", type=int, default=None)
+            p.add_argument("--output-dir", default=None, help="look for mm_projector.bin there")
+        if name == "status":
+            p.add_argument("--lines", type=int, default=400)
+            p.add_argument("--output-dir", default=None, help="look for mm_projector.bin there")
+        if name == "log":
+            p.add_argument("-n", "--lines", type=int, default=100)
+            p.add_argument("-f", "--follow", action="store_true")
         if name == "stop":
             p.add_argument("--grace", type=int, default=60)
+        if name == "install":
+            p.add_argument("--tree", required=True, help="the LLaVA tree (container path)")
+            p.add_argument("--manifest", required=True, help="JSON {path under the tree: content}")
+            p.add_argument("--owner", type=_owner, default=None, help="UID:GID of the files")
+            p.add_argument("--backup-suffix", default=".orig")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    paths = Paths(args.work_dir, args.container_work_dir, args.state_dir)
-    container = Container(args.container, args.docker)
     now = datetime.now(UTC)
     try:
-        if args.command == "probe":
+        paths = Paths(args.work_dir, args.container_work_dir, args.state_dir, args.container)
+        container = Container(args.container, args.docker)
+        if args.command == "log":
+            try:
+                return stream_log(paths, args.lines, args.follow)
+            except (BrokenPipeError, KeyboardInterrupt):
+                return 0
+        if args.command == "status":
+            out = status(paths, args.lines, args.output_dir)
+        elif args.command == "fetch":
+            out = fetch_copy(paths)
+        elif args.command == "install":
+            with open(args.manifest, encoding="utf-8") as handle:
+                files = json.load(handle)
+            if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+                raise ValueError(f"{args.manifest}: expected a JSON object of path: content")
+            out = install_files(paths, args.tree, files, args.owner, args.backup_suffix, args.check)
+        elif args.command == "probe":
             out = probe(
-                paths, container, now, write=not (args.no_write or args.check), global_batch=args.global_batch
+                paths,
+                container,
+                now,
+                write=not (args.no_write or args.check),
+                global_batch=args.global_batch,
+                output_dir=args.output_dir,
             )
         else:
-            with locked(paths.lock_file) if not args.check else contextlib.nullcontext():
+            with locked(paths) if not args.check else contextlib.nullcontext():
                 if args.command == "plan":
                     out = plan(
                         paths, container, args.output_dir, args.node_rank, now, not args.check, args.restart
@@ -744,11 +1296,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         action=args.action,
                         extra=json.loads(args.extra),
                         check=args.check,
+                        owner=args.owner,
                     )
                 else:
                     out = stop(paths, container, now, grace=args.grace, check=args.check)
     except (JobError, OSError, ValueError) as exc:
-        print(json.dumps({"error": str(exc)}))
+        if args.command == "log":
+            sys.stderr.write(f"{exc}\n")
+            return 1
+        out = {"error": str(exc)}
+        if isinstance(exc, TamperError):
+            out["tampered"] = True
+        print(json.dumps(out))
         return 1
     print(json.dumps(out, sort_keys=True))
     return 0

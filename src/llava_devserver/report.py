@@ -361,6 +361,107 @@ def _host_loss(run_dir: Path, host: str) -> HostLoss | None:
     return HostLoss(rel, None, parsed.points, parsed.summary)
 
 
+def _throughput(job: Any, loss: HostLoss | None) -> dict[str, Any] | None:
+    """Performance at the end of training from this host's fetched log, per NPU with the job's world size."""
+    if loss is None or loss.summary is None or loss.summary.throughput is None:
+        return None
+    world = _pick(job, "world_size")
+    try:
+        world_size = int(world) if world is not None else None
+    except (TypeError, ValueError):
+        world_size = None
+    return loss.summary.throughput.with_world_size(world_size).to_dict()
+
+
+def _elapsed(job: Any) -> float | None:
+    """Seconds from the job's start to its end (wall clock, start-up included), when it ended."""
+    started, finished = _pick(job, "started_at"), _pick(job, "finished_at")
+    if not isinstance(started, str) or not isinstance(finished, str):
+        return None
+    try:
+        begin = datetime.fromisoformat(started.replace("Z", "+00:00"))
+        end = datetime.fromisoformat(finished.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(0.0, (end - begin).total_seconds())
+
+
+def training_summary(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The run's training figures: the log read for the loss (the host the role chose by loss_log_node, else
+    the last host whose fetched log has loss lines), its throughput, the job's elapsed time, the projector."""
+    with_loss = [e for e in entries if (e.get("loss") or {}).get("summary")]
+    chosen = next((e for e in entries if e.get("loss_log") and (e.get("loss") or {}).get("summary")), None)
+    chosen = chosen or (with_loss[-1] if with_loss else None)
+    projector = next(
+        ({"host": e["host"], **e["projector"]} for e in entries if isinstance(e.get("projector"), Mapping)),
+        None,
+    )
+    if chosen is None and projector is None:
+        return None
+    summary = (chosen or {}).get("loss", {}).get("summary") or {}
+    elapsed = [e["elapsed_seconds"] for e in entries if e.get("elapsed_seconds") is not None]
+    return {
+        "loss_log": None
+        if chosen is None
+        else {"host": chosen["host"], "node_rank": chosen.get("node_rank"), "log": chosen["loss"]["log"]},
+        "last_loss": summary.get("last"),
+        "last_step": summary.get("last_step"),
+        "steps": summary.get("steps"),
+        "throughput": (chosen or {}).get("throughput"),
+        "elapsed_seconds": max(elapsed) if elapsed else None,
+        "projector": jsonable(projector),
+    }
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "–"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+
+
+def _figure(value: Any, unit: str) -> str | None:
+    return f"{value:.2f} {unit}" if isinstance(value, int | float) else None
+
+
+def training_lines(training: Mapping[str, Any] | None) -> list[str]:
+    """The report's training section in markdown."""
+    if not training:
+        return []
+    lines = ["", "## Training", ""]
+    log = training.get("loss_log")
+    if log:
+        node = f" (node {log['node_rank']})" if log.get("node_rank") is not None else ""
+        last = training.get("last_loss")
+        lines.append(
+            f"- Loss read from the log of **{log['host']}**{node}: `{log['log']}`; last loss "
+            f"{_text(last) if last is not None else 'n/a'} at step {_text(training.get('last_step'))}."
+        )
+    throughput = training.get("throughput") or {}
+    figures = [
+        _figure(throughput.get("samples_per_second"), "samples/s"),
+        _figure(throughput.get("samples_per_second_per_npu"), "samples/s per NPU"),
+        _figure(throughput.get("tokens_per_second"), "tokens/s"),
+        _figure(throughput.get("tokens_per_second_per_npu"), "tokens/s per NPU"),
+    ]
+    shown = [f for f in figures if f]
+    if shown:
+        npus = f" on {throughput['world_size']} NPUs" if throughput.get("world_size") else ""
+        lines.append(f"- Throughput{npus}: {', '.join(shown)} (from the log: {throughput.get('source')}).")
+    if throughput.get("train_seconds") is not None or training.get("elapsed_seconds") is not None:
+        lines.append(
+            f"- Training time {_duration(throughput.get('train_seconds'))} (the training loop); job elapsed "
+            f"{_duration(training.get('elapsed_seconds'))} (start to end, start-up included)."
+        )
+    projector = training.get("projector")
+    if projector:
+        size = projector.get("bytes")
+        size_text = f"{size / 2**20:.1f} MiB ({size} bytes)" if isinstance(size, int) else "size unknown"
+        lines.append(f"- Projector: `{projector.get('path')}` on {projector.get('host')}, {size_text}.")
+    return lines
+
+
 def _one_line(text: str, limit: int = _MESSAGE_LIMIT) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -404,6 +505,11 @@ def _host_entry(outcome: HostOutcome, loss: HostLoss | None) -> dict[str, Any]:
         "step": jsonable(step),
         "total_steps": jsonable(_pick(job, "total_steps", "max_steps")),
         "samples_per_second": jsonable(rate),
+        "throughput": _throughput(job, loss),
+        "elapsed_seconds": _elapsed(job),
+        "projector": jsonable(_pick(job, "projector")),
+        "loss_log": bool(_pick(job, "loss_log")),
+        "node_rank": jsonable(_pick(job, "node_rank")),
         "last_loss": jsonable(last_loss),
         "failed_task": outcome.failed_task.to_dict() if outcome.failed_task else None,
         "note": None,
@@ -537,6 +643,7 @@ def build_report(
         "context": jsonable(dict(context or {})),
         "totals": totals,
         "loss_png": loss_png,
+        "training": training_summary(entries),
         "hosts": entries,
     }
 
@@ -654,6 +761,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += ["| " + " | ".join(_row(entry)) + " |" for entry in report["hosts"]]
     lines += _message_lines(report)
     lines += device_network_section(report["hosts"])
+    lines += training_lines(report.get("training"))
     if report.get("loss_png"):
         # The relative link works beside the file; pasted elsewhere, the path and report.html still do.
         path = Path(str(report.get("run_dir") or ".")) / str(report["loss_png"])

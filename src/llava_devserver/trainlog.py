@@ -13,6 +13,16 @@ Two log families are recognised, line by line, so that a log of several GB is ne
   iteration time.
 
 NaN and infinite losses are kept as points (they are what a user most needs to see); JSON writes NaN as null.
+
+Throughput at the end of training (`Throughput`): the HF Trainer's final metrics (`train_runtime`,
+`train_samples_per_second`, `train_tokens_per_second` when it prints it) with the world size from its
+`Total train batch size` banner; for Megatron, every iteration line's `elapsed time per iteration (ms)` and
+`global batch size`, weighted by the iterations each line stands for (the log interval). Per NPU needs the
+world size: from the log, or given by the caller (the job knows nnodes x devices).
+
+Which node's log to read (`pick_loss_node`): HF prints on global rank 0 (node 0), Megatron/MindSpeed on the
+last rank (the last node, as the guide says); `loss_log_node: auto` takes the last node whose log has loss
+lines.
 """
 
 from __future__ import annotations
@@ -44,6 +54,16 @@ _BARE_LOSS_RE = re.compile(r"(?:^|\|)\s*loss\s*:\s*(" + _FLOAT + ")", re.IGNOREC
 _ELAPSED_MS_RE = re.compile(r"elapsed time per iteration \(ms\)\s*:\s*(" + _FLOAT + ")", re.IGNORECASE)
 _GLOBAL_BATCH_RE = re.compile(r"global batch size\s*:\s*(\d+)", re.IGNORECASE)
 _SAMPLES_PER_SEC_RE = re.compile(r"samples per second\s*:\s*(" + _FLOAT + ")", re.IGNORECASE)
+_TOKENS_PER_SEC_RE = re.compile(r"tokens per second\s*:\s*(" + _FLOAT + ")", re.IGNORECASE)
+# The HF Trainer's banner: world size = total / (per device x accumulation).
+_HF_TOTAL_BATCH_RE = re.compile(
+    r"Total train batch size \(w\. parallel, distributed & accumulation\) = ([\d,]+)"
+)
+_HF_PER_DEVICE_RE = re.compile(r"Instantaneous batch size per device = ([\d,]+)")
+_HF_ACCUMULATION_RE = re.compile(r"Gradient Accumulation steps = ([\d,]+)")
+# Megatron's argument banner (rank 0): "using world size: 16, data-parallel size: 16, ..."
+_MG_WORLD_RE = re.compile(r"using world size:\s*(\d+)", re.IGNORECASE)
+LossLogNode = Literal["auto", "first", "last"]
 
 
 class NoLossLinesError(ValueError):
@@ -67,6 +87,51 @@ class LossPoint:
 
 
 @dataclass(frozen=True)
+class Throughput:
+    """Performance at the end of training, as far as the log gives it (None: not computable)."""
+
+    samples_per_second: float | None
+    train_seconds: float | None  # the training loop's time (HF train_runtime; Megatron: sum of iterations)
+    tokens_per_second: float | None = None
+    world_size: int | None = None  # NPUs (ranks) of the job, from the log or the caller
+    source: str | None = None  # hf_metrics, hf_progress, megatron_iterations, megatron_reported
+
+    @property
+    def samples_per_second_per_npu(self) -> float | None:
+        if self.samples_per_second is None or not self.world_size:
+            return None
+        return self.samples_per_second / self.world_size
+
+    @property
+    def tokens_per_second_per_npu(self) -> float | None:
+        if self.tokens_per_second is None or not self.world_size:
+            return None
+        return self.tokens_per_second / self.world_size
+
+    def with_world_size(self, world_size: int | None) -> Throughput:
+        if self.world_size or not world_size:
+            return self
+        return Throughput(
+            self.samples_per_second, self.train_seconds, self.tokens_per_second, int(world_size), self.source
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        def rounded(value: float | None) -> float | None:
+            value = json_float(value)
+            return None if value is None else round(value, 4)
+
+        return {
+            "samples_per_second": rounded(self.samples_per_second),
+            "samples_per_second_per_npu": rounded(self.samples_per_second_per_npu),
+            "tokens_per_second": rounded(self.tokens_per_second),
+            "tokens_per_second_per_npu": rounded(self.tokens_per_second_per_npu),
+            "train_seconds": rounded(self.train_seconds),
+            "world_size": self.world_size,
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True)
 class LossSummary:
     family: Family
     steps: int
@@ -76,6 +141,7 @@ class LossSummary:
     nan_count: int  # NaN and infinite losses
     samples_per_second: float | None
     last_step: int
+    throughput: Throughput | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +153,7 @@ class LossSummary:
             "min": json_float(self.min),
             "nan_count": self.nan_count,
             "samples_per_second": json_float(self.samples_per_second),
+            "throughput": self.throughput.to_dict() if self.throughput else None,
         }
 
 
@@ -116,9 +183,18 @@ class _Accumulator:
     hf_points: list[LossPoint] = field(default_factory=list)
     mg_points: list[LossPoint] = field(default_factory=list)
     hf_samples_per_second: float | None = None
+    hf_runtime: float | None = None
+    hf_tokens_per_second: float | None = None
+    hf_total_batch: int | None = None
+    hf_per_device: int | None = None
+    hf_accumulation: int | None = None
     mg_samples: float = 0.0
     mg_seconds: float = 0.0
+    mg_last_iteration: int | None = None
+    mg_first: tuple[int, float] | None = None  # the first line's (samples, seconds), until the second
     mg_reported_rates: list[float] = field(default_factory=list)
+    mg_reported_tokens: list[float] = field(default_factory=list)
+    mg_world_size: int | None = None
 
 
 def _to_float(value: Any) -> float | None:
@@ -175,6 +251,10 @@ def _feed_hf(segment: str, acc: _Accumulator) -> None:
         rate = _to_float(record.get("train_samples_per_second"))
         if rate is not None and math.isfinite(rate):
             acc.hf_samples_per_second = rate
+            runtime = _to_float(record.get("train_runtime"))
+            tokens = _to_float(record.get("train_tokens_per_second"))
+            acc.hf_runtime = runtime if runtime is not None and math.isfinite(runtime) else None
+            acc.hf_tokens_per_second = tokens if tokens is not None and math.isfinite(tokens) else None
 
 
 def _feed_megatron(segment: str, acc: _Accumulator) -> None:
@@ -182,20 +262,55 @@ def _feed_megatron(segment: str, acc: _Accumulator) -> None:
     if iteration is None:
         return
     tail = segment[iteration.end() :]
-    loss_match = _LM_LOSS_RE.search(tail) or _BARE_LOSS_RE.search(tail)
-    if loss_match is None:  # e.g. a skipped iteration, or an evaluation line
-        return
-    acc.mg_points.append(LossPoint(int(iteration.group(1)), float(loss_match.group(1))))
+    step = int(iteration.group(1))
     elapsed = _ELAPSED_MS_RE.search(tail)
     batch = _GLOBAL_BATCH_RE.search(tail)
     if elapsed and batch:
-        seconds = float(elapsed.group(1)) / 1000.0
+        seconds, samples = float(elapsed.group(1)) / 1000.0, int(batch.group(1))
         if math.isfinite(seconds) and seconds > 0:
-            acc.mg_samples += int(batch.group(1))
-            acc.mg_seconds += seconds
+            # A line stands for the iterations since the previous one (the log interval); the first one
+            # for as many as the second line shows (a resumed run does not start at iteration 0).
+            if acc.mg_last_iteration is None:
+                acc.mg_first = (samples, seconds)
+                interval = 1
+            else:
+                interval = max(1, step - acc.mg_last_iteration)
+                if acc.mg_first is not None:
+                    acc.mg_samples += acc.mg_first[0] * (interval - 1)
+                    acc.mg_seconds += acc.mg_first[1] * (interval - 1)
+                    acc.mg_first = None
+            acc.mg_samples += samples * interval
+            acc.mg_seconds += seconds * interval
+            acc.mg_last_iteration = step
     reported = _SAMPLES_PER_SEC_RE.search(tail)
     if reported:
         acc.mg_reported_rates.append(float(reported.group(1)))
+    tokens = _TOKENS_PER_SEC_RE.search(tail)
+    if tokens:
+        acc.mg_reported_tokens.append(float(tokens.group(1)))
+    loss_match = _LM_LOSS_RE.search(tail) or _BARE_LOSS_RE.search(tail)
+    if loss_match is None:  # e.g. a skipped iteration, or an evaluation line
+        return
+    acc.mg_points.append(LossPoint(step, float(loss_match.group(1))))
+
+
+def _feed_banner(segment: str, acc: _Accumulator) -> None:
+    for pattern, name in (
+        (_HF_TOTAL_BATCH_RE, "hf_total_batch"),
+        (_HF_PER_DEVICE_RE, "hf_per_device"),
+        (_HF_ACCUMULATION_RE, "hf_accumulation"),
+        (_MG_WORLD_RE, "mg_world_size"),
+    ):
+        match = pattern.search(segment)
+        if match:
+            setattr(acc, name, int(match.group(1).replace(",", "")))
+
+
+def _hf_world_size(acc: _Accumulator) -> int | None:
+    if not (acc.hf_total_batch and acc.hf_per_device and acc.hf_accumulation):
+        return None
+    world, rest = divmod(acc.hf_total_batch, acc.hf_per_device * acc.hf_accumulation)
+    return world if world > 0 and rest == 0 else None
 
 
 def _segments(lines: Iterable[str]) -> Iterator[str]:
@@ -212,22 +327,41 @@ def parse_lines(lines: Iterable[str], source: str = "<stream>") -> TrainLog:
             _feed_hf(segment, acc)
         if "iteration" in segment or "ITERATION" in segment:
             _feed_megatron(segment, acc)
+        if " = " in segment or "world size" in segment:
+            _feed_banner(segment, acc)
     # A log is one family; if a wrapper printed both, the family with more points is the training loop.
     if not acc.hf_points and not acc.mg_points:
         raise NoLossLinesError(source)
     family: Family
+    seconds = acc.mg_seconds if acc.mg_seconds > 0 else None
     if len(acc.mg_points) > len(acc.hf_points):
         family, points = "megatron", acc.mg_points
+        tokens = sum(acc.mg_reported_tokens) / len(acc.mg_reported_tokens) if acc.mg_reported_tokens else None
         if acc.mg_reported_rates:
             rate: float | None = sum(acc.mg_reported_rates) / len(acc.mg_reported_rates)
+            how = "megatron_reported"
         else:
-            rate = acc.mg_samples / acc.mg_seconds if acc.mg_seconds > 0 else None
+            rate = acc.mg_samples / acc.mg_seconds if seconds else None
+            how = "megatron_iterations"
+        throughput = Throughput(rate, seconds, tokens, acc.mg_world_size, how if rate is not None else None)
     else:
         family, points, rate = "hf", acc.hf_points, acc.hf_samples_per_second
-    return TrainLog(source=source, points=points, summary=summarize(points, family, rate))
+        throughput = Throughput(
+            rate,
+            acc.hf_runtime,
+            acc.hf_tokens_per_second,
+            _hf_world_size(acc),
+            "hf_metrics" if rate is not None else None,
+        )
+    return TrainLog(source=source, points=points, summary=summarize(points, family, rate, throughput))
 
 
-def summarize(points: Sequence[LossPoint], family: Family, samples_per_second: float | None) -> LossSummary:
+def summarize(
+    points: Sequence[LossPoint],
+    family: Family,
+    samples_per_second: float | None,
+    throughput: Throughput | None = None,
+) -> LossSummary:
     finite = [p.loss for p in points if math.isfinite(p.loss)]
     return LossSummary(
         family=family,
@@ -238,7 +372,25 @@ def summarize(points: Sequence[LossPoint], family: Family, samples_per_second: f
         nan_count=len(points) - len(finite),
         samples_per_second=samples_per_second,
         last_step=points[-1].step,
+        throughput=throughput,
     )
+
+
+def pick_loss_node(
+    ranked_hosts: Sequence[str], has_loss: Mapping[str, bool], rule: LossLogNode = "auto"
+) -> str | None:
+    """The node whose log to read for the loss: `first` (node_rank 0, the HF Trainer's), `last` (the last
+    rank's, Megatron/MindSpeed as the guide says) or `auto`: the last node whose log has loss lines,
+    searching from the last node down, else the last node. `ranked_hosts` is in node_rank order."""
+    if not ranked_hosts:
+        return None
+    if rule == "first":
+        return ranked_hosts[0]
+    if rule == "last":
+        return ranked_hosts[-1]
+    if rule != "auto":
+        raise ValueError(f"loss_log_node: expected auto, first or last, got {rule!r}")
+    return next((h for h in reversed(ranked_hosts) if has_loss.get(h)), ranked_hosts[-1])
 
 
 def parse_log(path: str | Path) -> TrainLog:

@@ -19,11 +19,14 @@ import harness
 JOB_HOSTS = ("devserver-1", "devserver-2", "devserver-3")
 
 # Modules on job_fleet, in the order they build on each other's state; the other modules keep theirs.
+# test_job_hostile ends with down (two servers' containers removed), so it comes after test_rerun_safety,
+# which needs the containers and repairs what its interrupted fan-out left.
 JOB_FLEET_ORDER = (
     "test_role_accel.py",
     "test_role_workspace.py",
     "test_role_train.py",
     "test_rerun_safety.py",
+    "test_job_hostile.py",
 )
 
 

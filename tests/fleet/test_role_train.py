@@ -31,7 +31,7 @@ pytestmark = pytest.mark.fleet
 
 CONTAINER = "llava-pretrain"
 WORK_DIR = "/data/llava-devserver"
-JOB_FILE = f"{WORK_DIR}/.llava-devserver/job.json"
+JOB_FILE = f"/var/lib/llava-devserver/{CONTAINER}/job.json"  # root-only, outside the container's reach
 COMMIT = "5d8f1760c08b7dfba3ae97b71cbd4c6f17d12dbd"
 TREE = f"{WORK_DIR}/multimodal_algorithm/LLAVA/llava-train/{COMMIT}/LLaVA"
 MULTI_OUTPUT = f"{TREE}/checkpoints/llava-sim-pretrain"
@@ -79,7 +79,7 @@ def wait_for(fleet: Fleet, host: str, command: str, what: str, seconds: float = 
     try:
         harness.wait_for(lambda: fleet.sh(host, command).returncode == 0, f"{host}: {what}", seconds)
     except AssertionError as error:
-        state = fleet.sh(host, f"cat {WORK_DIR}/.llava-devserver/job.json").stdout
+        state = fleet.sh(host, f"cat {JOB_FILE}").stdout
         tail = fleet.sh(
             host, f"tail -n 30 $(ls -t {WORK_DIR}/.llava-devserver/logs/*.log | head -n 1)"
         ).stdout
@@ -128,6 +128,11 @@ def test_three_node_job_runs_to_completion(fleet: Fleet, tmp_path: Path) -> None
     entry = run.host_report("devserver-1")
     assert entry["job"] == "finished" and entry["step"] == 20 and entry["loss"]["summary"]["steps"] == 20
     assert entry["facts"]["job"]["loss_summary"]["last"] == summary.last
+    # HF style: global rank 0 prints the loss, and loss_log_node auto finds node 0
+    training = run.report()["training"]
+    assert training["loss_log"] == {"host": "devserver-1", "node_rank": 0, "log": entry["loss"]["log"]}
+    assert training["throughput"]["samples_per_second"] > 0
+    assert training["projector"]["host"] == "devserver-1"
 
     # the projector on node 0; the other nodes keep their checkpoints (node-local output_dir)
     assert fleet.sh("devserver-1", f"test -s {MULTI_OUTPUT}/mm_projector.bin").returncode == 0

@@ -73,11 +73,16 @@ def test_container_work_dir_is_never_the_home_of_the_configured_user(package: st
     )
 
 
-def test_the_job_helper_keeps_its_state_where_it_is_told_and_only_under_work_dir(tmp_path: Path) -> None:
+def test_the_job_helper_keeps_its_logs_where_it_is_told_and_only_under_work_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(jobstate.STATE_ROOT_ENV, str(tmp_path / "root-only"))
     work = tmp_path / "w"
-    paths = jobstate.Paths(str(work), "/home/ma-user/ws", str(work / "state"))
-    assert paths.state_file == str(work / "state" / "job.json")
+    paths = jobstate.Paths(str(work), "/home/ma-user/ws", str(work / "state"), "llava-pretrain")
+    assert paths.log_dir == str(work / "state" / "logs")
     assert paths.in_container(paths.log_dir) == "/home/ma-user/ws/state/logs"
+    # the record stays out of the container's reach: in the root-only folder, not in the state folder
+    assert paths.state_file == str(tmp_path / "root-only" / "llava-pretrain" / "job.json")
     with pytest.raises(ValueError, match="not under work_dir"):
         jobstate.Paths(str(work), "/home/ma-user/ws", str(tmp_path / "elsewhere"))
 

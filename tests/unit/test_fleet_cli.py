@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from llava_devserver import jobstate
 from llava_devserver.cli import main
 from llava_devserver.commands.fleet import host_status, plan_lines, remote_log_command, ssh_argv
 from llava_devserver.runner import HostStats, RunResult
@@ -97,11 +99,22 @@ def test_plan_lines() -> None:
     ]
 
 
-def write_job(tmp_path: Path, **job: object) -> Path:
-    state_dir = tmp_path / "work" / ".llava-devserver"
-    state_dir.mkdir(parents=True, exist_ok=True)
-    (state_dir / "job.json").write_text(json.dumps(job))
-    return state_dir / "job.json"
+LOG_NAME = "train-20261130T110000Z.log"
+
+
+def write_job(tmp_path: Path, container: str = "llava-pretrain", **job: object) -> Path:
+    """A job record where the job helper keeps it (a root-only folder; here under tmp_path, through
+    jobstate.STATE_ROOT_ENV, which the caller sets) and its log in the work_dir's state folder."""
+    logs = tmp_path / "work" / ".llava-devserver" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    paths = jobstate.Paths(str(tmp_path / "work"), "/home/ma-user/ws", str(logs.parent), container)
+    jobstate.write_job(paths, {"log": str(logs / LOG_NAME), **job})
+    return Path(paths.state_file)
+
+
+@pytest.fixture(autouse=True)
+def _state_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(jobstate.STATE_ROOT_ENV, str(tmp_path / "state"))
 
 
 def test_status_is_read_only_and_tolerates_no_npu_no_container(
@@ -111,11 +124,12 @@ def test_status_is_read_only_and_tolerates_no_npu_no_container(
     settings = json.loads((tmp_path / "group_vars" / "all.yml").read_text())
     unique = {"container_name": f"fleetcli-status-{uuid.uuid4().hex[:8]}"}  # surely absent from local Docker
     (tmp_path / "group_vars" / "all.yml").write_text(json.dumps(settings | unique))
-    log = tmp_path / "train.log"
+    job = write_job(tmp_path, container=unique["container_name"], state="running", pid=4242, node_rank=0)
+    log = tmp_path / "work" / ".llava-devserver" / "logs" / LOG_NAME
     log.write_text(
         "{'loss': 8.25, 'learning_rate': 0.001, 'epoch': 0.0}\n{'loss': 7.5, 'learning_rate': 0.001}\n"
     )
-    write_job(tmp_path, state="running", pid=4242, log=str(log), node_rank=0)
+    record = job.read_bytes()
     before = sorted(p.name for p in (tmp_path / "work").rglob("*"))
     args = ["status", "-i", str(inventory), "--json", "--run-dir", str(tmp_path / "run")]
     assert main(args) == 0
@@ -127,7 +141,9 @@ def test_status_is_read_only_and_tolerates_no_npu_no_container(
     assert row["container"] == "absent"
     assert row["job"] == "failed (container absent)"  # the state file says running, its container is gone
     assert row["loss"] == 7.5  # from the end of the log, as the state file has no loss
+    assert row["loss_lines"] and row["loss_log"]  # its log prints the loss: the one to read
     assert sorted(p.name for p in (tmp_path / "work").rglob("*")) == before
+    assert job.read_bytes() == record
 
 
 def test_host_status_rows() -> None:
@@ -155,17 +171,53 @@ def test_host_status_rows() -> None:
     assert row.npu == "Gather: unreachable: ssh: connect timed out" and row.job == "-"
 
 
-def test_logs_tails_node_rank_0(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_logs_tails_the_loss_log(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     inventory = local_inventory(tmp_path)
-    log = tmp_path / "train.log"
+    job = write_job(tmp_path, state="running")
+    log = tmp_path / "work" / ".llava-devserver" / "logs" / LOG_NAME
     log.write_text("".join(f"line {i}\n" for i in range(10)))
-    write_job(tmp_path, state="running", log=str(log))
     assert main(["logs", "-i", str(inventory), "-n", "3"]) == 0
-    assert capfd.readouterr().out == "line 7\nline 8\nline 9\n"
+    captured = capfd.readouterr()
+    assert captured.out == "line 7\nline 8\nline 9\n"
+    # no loss lines anywhere yet: auto takes the last node, as the guide says
+    assert "logs: node-b (node 1; loss_log_node=auto)" in captured.err
     assert main(["logs", "-i", str(inventory), "--host", "node-x"]) == 2
-    (tmp_path / "work" / ".llava-devserver" / "job.json").unlink()
+    # a link the container put in place of the log is not followed
+    log.unlink()
+    log.symlink_to(tmp_path / "devserver.ini")
+    assert main(["logs", "-i", str(inventory), "--host", "node-a"]) == 1
+    captured = capfd.readouterr()
+    assert "was tampered with" in captured.err and "devservers" not in captured.out
+    job.unlink()
     assert main(["logs", "-i", str(inventory)]) == 1
     assert "no job on this server" in capfd.readouterr().err
+
+
+def test_logs_auto_finds_the_node_with_loss_lines(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Two servers with their own work_dir: node 0 prints the loss (HF), node 1 does not."""
+    inventory = local_inventory(tmp_path)
+    settings = json.loads((tmp_path / "group_vars" / "all.yml").read_text())
+    node_b = {"work_dir": str(tmp_path / "work-b"), "container_name": "llava-b"}
+    (tmp_path / "host_vars").mkdir()
+    (tmp_path / "host_vars" / "node-b.yml").write_text(json.dumps(node_b))
+    assert settings["work_dir"] == str(tmp_path / "work")
+    write_job(tmp_path, state="running")
+    (tmp_path / "work" / ".llava-devserver" / "logs" / LOG_NAME).write_text("{'loss': 3.25, 'epoch': 0.1}\n")
+    # node-b: its own work_dir, container and record; a log without loss lines
+    paths_b = jobstate.Paths(
+        node_b["work_dir"], "/home/ma-user/ws", node_b["work_dir"] + "/.llava-devserver", "llava-b"
+    )
+    os.makedirs(paths_b.log_dir)
+    jobstate.write_job(paths_b, {"state": "running", "log": os.path.join(paths_b.log_dir, LOG_NAME)})
+    Path(paths_b.log_dir, LOG_NAME).write_text("rank 1 says nothing\n")
+    assert main(["logs", "-i", str(inventory), "-n", "5"]) == 0
+    captured = capfd.readouterr()
+    assert "logs: node-a (node 0; loss_log_node=auto)" in captured.err
+    assert captured.out == "{'loss': 3.25, 'epoch': 0.1}\n"
+    assert main(["logs", "-i", str(inventory), "-n", "5", "-e", "loss_log_node=last"]) == 0
+    captured = capfd.readouterr()
+    assert "logs: node-b (node 1; loss_log_node=last)" in captured.err
+    assert captured.out == "rank 1 says nothing\n"
 
 
 def test_ssh_argv_uses_the_inventory_connection() -> None:
@@ -179,7 +231,16 @@ def test_ssh_argv_uses_the_inventory_connection() -> None:
     argv = ssh_argv(variables, "ds-1", "tail x")  # Ansible's ssh plugin builds it: test_ansible_connect.py
     assert argv[0] == "ssh" and argv[-2:] == ["10.0.0.5", "tail x"]
     assert {"Port=2222", 'User="root"', 'IdentityFile="/keys/id"', "StrictHostKeyChecking=no"} <= set(argv)
-    assert "tail -n 5 -F" in remote_log_command("/data/w", 5, follow=True)
+    settings = {
+        "work_dir": "/data/w",
+        "container_work_dir": "/home/ma-user/ws",
+        "state_dir": "/data/w/.llava-devserver",
+        "container_name": "c",
+    }
+    assert remote_log_command(settings, 5, follow=True) == (
+        "python3 - log --work-dir /data/w --container-work-dir /home/ma-user/ws"
+        " --state-dir /data/w/.llava-devserver --container c -n 5 --follow"
+    )
 
 
 TMUX_PLAYBOOK = """\
@@ -270,10 +331,13 @@ def test_down_stops_the_job_and_removes_the_container_keeping_data(
         ensure_server_image(client), ["sleep", "infinity"], name=name, detach=True, entrypoint=[]
     )
     try:
-        container.exec_run(["setsid", "bash", "-c", "sleep 1000 & sleep 1001; wait"], detach=True)
+        # What the job helper's wrapper looks like: its command line names itself and its log.
+        log = f"/home/ma-user/ws/.llava-devserver/logs/{LOG_NAME}"
+        wrapper = ["setsid", "bash", "-c", "sleep 1000 & sleep 1001; wait", jobstate.WRAPPER_NAME, log]
+        container.exec_run(wrapper, detach=True)
         time.sleep(1)
         pid = int(container.exec_run(["pgrep", "-f", "^bash -c sleep 1000"]).output.split()[0])
-        job = write_job(tmp_path, state="running", pid=pid, log="/nowhere", node_rank=0)
+        job = write_job(tmp_path, container=name, state="running", pid=pid, node_rank=0)
         (tmp_path / "work" / "data.bin").write_bytes(b"keep me")
         assert main(["down", "-i", str(inventory), "--run-dir", str(tmp_path / "run")]) == 0
         out = capsys.readouterr().out
@@ -291,9 +355,9 @@ def test_down_stops_the_job_and_removes_the_container_keeping_data(
 
 def test_logs_follow_streams_new_lines(tmp_path: Path) -> None:
     inventory = local_inventory(tmp_path)
-    log = tmp_path / "train.log"
+    write_job(tmp_path, state="running")
+    log = tmp_path / "work" / ".llava-devserver" / "logs" / LOG_NAME
     log.write_text("step 1\n")
-    write_job(tmp_path, state="running", log=str(log))
     follower = subprocess.Popen(
         [CLI, "logs", "-i", str(inventory), "-n", "1", "--follow"], stdout=subprocess.PIPE, text=True
     )

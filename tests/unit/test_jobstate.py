@@ -237,12 +237,15 @@ exit "${EXIT_STATUS:-0}"
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> tuple[jobstate.Paths, jobstate.Container, Path, list[list[str]]]:
+def workspace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[jobstate.Paths, jobstate.Container, Path, list[list[str]]]:
     tree = tmp_path / "ws" / "LLaVA"
     (tree / "scripts").mkdir(parents=True)
     (tree / "scripts" / "run.sh").write_text(SCRIPT)
+    monkeypatch.setenv(jobstate.STATE_ROOT_ENV, str(tmp_path / "state"))
     paths = jobstate.Paths(
-        str(tmp_path / "ws"), str(tmp_path / "ws"), str(tmp_path / "ws" / ".llava-devserver")
+        str(tmp_path / "ws"), str(tmp_path / "ws"), str(tmp_path / "ws" / ".llava-devserver"), "c"
     )
     os.makedirs(paths.log_dir)
     calls: list[list[str]] = []
@@ -322,7 +325,7 @@ def test_stop_signals_the_group_and_marks_stopped(workspace: Any, monkeypatch: p
 
 def test_a_vanished_launcher_is_failed(workspace: Any) -> None:
     paths, container, _, _ = workspace
-    jobstate.write_job(paths.state_file, {"state": "running", "pid": 999999, "log": paths.log_dir + "/x.log"})
+    jobstate.write_job(paths, {"state": "running", "pid": 999999, "log": paths.log_dir + "/x.log"})
     out = jobstate.probe(paths, container, NOW)
     assert out["job"]["state"] == "failed" and out["job"]["exit_code"] is None
 
@@ -344,6 +347,7 @@ def test_command_line_prints_one_json_object(workspace: Any) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"job": {}, "llava_progress": {}}
+    Path(paths.state_file).parent.mkdir(parents=True, exist_ok=True)
     Path(paths.state_file).write_text("{broken")
     result = subprocess.run(
         [sys.executable, jobstate.__file__, "probe", "--work-dir", paths.work_dir, "--container-work-dir",

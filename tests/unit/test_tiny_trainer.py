@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from llava_devserver import trainlog
 from llava_devserver.sim.assets import generate_assets
 from llava_devserver.sim.standin import LLAVA_TRAIN_DIR, aigc_zip_name, build_package
 
@@ -229,3 +230,51 @@ def test_two_nodes_with_their_own_output_dirs_resume(job: dict[str, Path], tmp_p
     second = finish(launch(6))
     assert "Continuing training from global step 4" in second[0]
     assert len(_losses(second[0])) == 2
+
+
+def test_megatron_log_style_prints_on_the_last_rank_only(job: dict[str, Path], tmp_path: Path) -> None:
+    """LLAVA_SIM_LOG_STYLE=megatron (`sim up --log-style megatron`): the guide's log, on the last global rank
+    (node 1 of two), which llava_devserver.trainlog reads as Megatron; node 0 prints no loss."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "LLAVA_SIM_LOG_STYLE": "megatron"}
+    processes = [
+        subprocess.Popen(
+            [
+                str(BIN / "torchrun"),
+                "--nnodes",
+                "2",
+                "--node_rank",
+                str(rank),
+                "--nproc_per_node",
+                "1",
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                "29617",
+                "llava/train/train_mem.py",
+                *_args(
+                    job, tmp_path / f"node{rank}", save_steps=100, max_steps=4, per_device_train_batch_size=2
+                ),
+            ],
+            cwd=job["llava"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=240)[0] for p in processes]
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output[-3000:]
+    node0, node1 = outputs
+    assert not _losses(node0) and not _losses(node1)  # no HF dicts in this style
+    assert "using world size: 2" in node0 and " iteration " not in node0
+    with pytest.raises(trainlog.NoLossLinesError):
+        trainlog.parse_lines(node0.splitlines())
+    parsed = trainlog.parse_lines(node1.splitlines())
+    assert parsed.summary.family == "megatron" and [p.step for p in parsed.points] == [1, 2, 3, 4]
+    line = next(line for line in node1.splitlines() if line.startswith(" iteration        4/       4 |"))
+    assert "| global batch size:     4 | lm loss: " in line and "consumed samples:           16" in line
+    throughput = parsed.summary.throughput
+    assert throughput is not None and throughput.samples_per_second and throughput.samples_per_second > 0
+    assert (tmp_path / "node0" / "mm_projector.bin").is_file()  # LLaVA saves on global rank 0

@@ -35,6 +35,15 @@ def test_hf_trainer_log_with_tqdm_noise() -> None:
         "min": 2.28,
         "nan_count": 1,
         "samples_per_second": 122.49,
+        "throughput": {
+            "samples_per_second": 122.49,
+            "samples_per_second_per_npu": None,  # this log has no "Total train batch size" banner
+            "tokens_per_second": None,
+            "tokens_per_second_per_npu": None,
+            "train_seconds": 41.8,
+            "world_size": None,
+            "source": "hf_metrics",
+        },
     }
 
 

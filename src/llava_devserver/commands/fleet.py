@@ -3,8 +3,11 @@
 - `up`: validate the inventory (nothing runs when it is wrong), then run site.yml with a live display;
   the full log and the fleet report land in runs/<timestamp>/.
 - `plan`: the same in check mode with diffs, and per host the tasks that would change something.
-- `status`: a read-only pass (playbooks/status.yml): NPU health, driver, Docker, container, job, step, loss.
-- `logs`: the training log of node_rank 0 (the rank that prints the loss) over SSH; `--follow` streams it.
+- `status`: a read-only pass (playbooks/status.yml): NPU health, driver, Docker, container, job, step, loss,
+  throughput, elapsed time and the projector; it says which node's log holds the loss (loss_log_node).
+- `logs`: the training log of the node that prints the loss (loss_log_node: auto finds it, the last node
+  first) over SSH; `--follow` streams it. The job helper (jobstate.py, sent over SSH on stdin) reads it on
+  the server without following a link the training container made.
 - `down`: stop the job cleanly and remove the training container (playbooks/down.yml); data stays.
 """
 
@@ -17,7 +20,8 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from llava_devserver import ansible_cli, config, inventory, trainlog
+from llava_devserver import ansible_cli, config, inventory, jobstate, trainlog
 from llava_devserver.ansible_cli import add_inventory_options, add_json_option, add_play_options
 from llava_devserver.live import LiveDisplay
 from llava_devserver.runner import ProjectNotFoundError, RunResult, run_playbook
@@ -35,7 +39,7 @@ SITE = "site.yml"
 STATUS_PLAYBOOK = "playbooks/status.yml"
 DOWN_PLAYBOOK = "playbooks/down.yml"
 STATUS_FACT = "llava_status"
-JOB_FILE = "job.json"  # under llava.state_dir (Contract 6)
+SERVER_PYTHON = "python3"
 
 
 # ------------------------------------------------------------------------------------------- parsers
@@ -80,9 +84,11 @@ def register(subparsers: Any) -> None:
     add_json_option(status)
     status.set_defaults(func=cmd_status)
 
-    logs = subparsers.add_parser("logs", help="the training log of node_rank 0 (the rank printing the loss)")
+    logs = subparsers.add_parser(
+        "logs", help="the training log of the node printing the loss (loss_log_node)"
+    )
     _common(logs, selection=False)
-    logs.add_argument("--host", metavar="H", help="this server instead of node_rank 0")
+    logs.add_argument("--host", metavar="H", help="this server instead of the node printing the loss")
     logs.add_argument("-f", "--follow", action="store_true", help="keep streaming new lines")
     logs.add_argument("-n", "--lines", type=int, default=100, metavar="N", help="last N lines (default 100)")
     logs.set_defaults(func=cmd_logs)
@@ -343,9 +349,36 @@ class HostStatus:
     job: str
     step: int | None
     loss: float | None
+    loss_lines: bool = False  # this node's log prints the loss
+    loss_log: bool = False  # the node whose log is read for the loss (loss_log_node)
+    samples_per_s: float | None = None
+    samples_per_s_per_npu: float | None = None
+    tokens_per_s: float | None = None
+    elapsed_s: float | None = None
+    projector: dict[str, Any] | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        out.pop("extra")
+        return out
+
+
+def _seconds_between(start: Any, end: Any) -> float | None:
+    def parse(value: Any) -> datetime | None:
+        if not isinstance(value, str) or not value:
+            return None
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+
+    began = parse(start)
+    if began is None:
+        return None
+    ended = parse(end) or datetime.now(UTC)
+    return max(0.0, (ended - began).total_seconds())
 
 
 def _npu_summary(status: Mapping[str, Any]) -> str:
@@ -370,14 +403,19 @@ def host_status(host: str, status: Mapping[str, Any] | None, failure: str | None
     step = job.get("step")
     loss = job.get("loss")
     tail = status.get("log_tail") or ""
-    if tail and (step is None or loss is None):
+    summary = None
+    if tail:
         try:
             summary = trainlog.parse_lines(tail.splitlines()).summary
         except trainlog.NoLossLinesError:
             summary = None
-        if summary is not None:
-            step = step if step is not None else summary.last_step
-            loss = loss if loss is not None else summary.last
+    if summary is not None:
+        step = step if step is not None else summary.last_step
+        loss = loss if loss is not None else trainlog.json_float(summary.last)
+    throughput = summary.throughput if summary is not None else None
+    if throughput is not None:
+        throughput = throughput.with_world_size(job.get("world_size") or status.get("world_size"))
+    rate = throughput.samples_per_second if throughput is not None else None
     job_state = str(job.get("state") or "none")
     container = str(status.get("container") or "absent")
     if job_state == "running" and container != "running":
@@ -385,7 +423,11 @@ def host_status(host: str, status: Mapping[str, Any] | None, failure: str | None
     exit_code = job.get("exit_code")
     if job_state == "failed" and exit_code is not None:
         job_state = f"failed (exit {exit_code})"
+    error = str(status.get("job_error") or "") or None
+    if error:
+        job_state = "unreadable"
     npu = status.get("npu") or {}
+    projector = status.get("projector")
     return HostStatus(
         host=host,
         npu=_npu_summary(status),
@@ -396,19 +438,69 @@ def host_status(host: str, status: Mapping[str, Any] | None, failure: str | None
         job=job_state,
         step=int(step) if step is not None else None,
         loss=float(loss) if loss is not None else None,
+        loss_lines=bool(job.get("loss_lines")) or summary is not None,
+        samples_per_s=rate if rate is not None else job.get("samples_per_s"),
+        samples_per_s_per_npu=throughput.samples_per_second_per_npu if throughput is not None else None,
+        tokens_per_s=throughput.tokens_per_second if throughput is not None else None,
+        elapsed_s=_seconds_between(job.get("started_at"), job.get("finished_at")) if job else None,
+        projector=dict(projector) if isinstance(projector, Mapping) else None,
+        error=error,
+        extra={"loss_log_node": status.get("loss_log_node") or "auto", "node_rank": status.get("node_rank")},
     )
+
+
+def mark_loss_log(rows: Sequence[HostStatus]) -> HostStatus | None:
+    """Mark the row of the node whose log holds the loss (rows in node_rank order)."""
+    answered = [row for row in rows if row.extra]
+    if not answered:
+        return None
+    rule = str(answered[0].extra.get("loss_log_node") or "auto")
+    chosen = trainlog.pick_loss_node(
+        [row.host for row in answered],
+        {row.host: row.loss_lines for row in answered},
+        rule,  # type: ignore[arg-type]
+    )
+    for row in answered:
+        row.loss_log = row.host == chosen
+    return next((row for row in answered if row.loss_log), None)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _size(size: Any) -> str:
+    if not isinstance(size, int):
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
 
 
 def render_status(rows: Sequence[HostStatus]) -> Table:
     table = Table(title="Fleet status")
-    for column in ("host", "NPU", "driver", "Docker", "container", "job", "step", "loss"):
-        table.add_column(column, justify="right" if column in ("step", "loss") else "left")
+    columns = ("host", "NPU", "driver", "Docker", "container", "job", "step", "loss", "samples/s", "elapsed")
+    for column in (*columns, "projector"):
+        table.add_column(column, justify="right" if column in ("step", "loss", "samples/s") else "left")
     for row in rows:
         job_style = {"running": "cyan", "finished": "green"}.get(
-            row.job, "red" if "failed" in row.job else ""
+            row.job, "red" if "failed" in row.job or row.error else ""
+        )
+        rate = "-" if row.samples_per_s is None else f"{row.samples_per_s:.1f}"
+        if row.samples_per_s_per_npu is not None:
+            rate += f" ({row.samples_per_s_per_npu:.2f}/NPU)"
+        projector = (
+            f"{row.projector.get('path')} ({_size(row.projector.get('bytes'))})" if row.projector else "-"
         )
         table.add_row(
-            row.host,
+            row.host + (" *" if row.loss_log else ""),
             Text(row.npu, style="green" if row.npu_ok else "red"),
             row.driver,
             row.docker,
@@ -416,6 +508,15 @@ def render_status(rows: Sequence[HostStatus]) -> Table:
             Text(row.job, style=job_style),
             "-" if row.step is None else str(row.step),
             "-" if row.loss is None else f"{row.loss:.4f}",
+            rate,
+            _duration(row.elapsed_s),
+            projector,
+        )
+    chosen = next((row for row in rows if row.loss_log), None)
+    if chosen is not None:
+        rule = chosen.extra.get("loss_log_node")
+        table.caption = (
+            f"* the loss log: {chosen.host} (node {chosen.extra.get('node_rank')}, loss_log_node={rule})"
         )
     return table
 
@@ -437,10 +538,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         for host in fleet.settings
         if host in result.stats or host in result.failures
     ]
+    mark_loss_log(rows)
     if args.json:
         print(json.dumps([row.to_dict() for row in rows], indent=2))
     else:
         Console().print(render_status(rows))
+        for row in rows:
+            if row.error:
+                print(f"{row.host}: {row.error}", file=sys.stderr)
         print(f"Log: {result.log_path}")
     return result.exit_code
 
@@ -461,20 +566,47 @@ def cmd_down(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- logs
 
 
-def remote_log_command(state_dir: str, lines: int, follow: bool) -> str:
-    """Shell run on the server: find the log in the job state file, then tail it."""
-    job_file = f"{state_dir.rstrip('/')}/{JOB_FILE}"
-    read_log = (
-        'python3 -c \'import json,sys; print(json.load(open(sys.argv[1])).get("log") or "")\' '
-        + shlex.quote(job_file)
-    )
-    tail = f"tail -n {int(lines)}" + (" -F" if follow else "")
-    return (
-        f"test -r {shlex.quote(job_file)} || "
-        f"{{ echo 'no job on this server: {job_file} is missing' >&2; exit 3; }}; "
-        f'log=$({read_log}) && test -n "$log" || {{ echo "{job_file} names no log" >&2; exit 3; }}; '
-        f'exec {tail} "$log"'
-    )
+def remote_log_command(settings: Mapping[str, Any], lines: int, follow: bool, what: str = "log") -> str:
+    """Shell run on the server: the job helper, read from stdin, prints the log (or, `status`, the state)."""
+    argv = [SERVER_PYTHON, "-", what, "--work-dir", str(settings["work_dir"])]
+    argv += ["--container-work-dir", str(settings["container_work_dir"])]
+    argv += ["--state-dir", str(settings["state_dir"]), "--container", str(settings["container_name"])]
+    argv += ["-n", str(int(lines))] + (["--follow"] if follow else []) if what == "log" else ["--lines", "0"]
+    return shlex.join(argv)
+
+
+def _helper_source() -> int:
+    """A descriptor of jobstate.py for the remote python's stdin."""
+    return os.open(jobstate.__file__, os.O_RDONLY)
+
+
+def _has_loss_lines(fleet: LoadedFleet, host: str) -> bool:
+    remote = remote_log_command(fleet.settings[host], 0, False, what="status")
+    fd = _helper_source()
+    try:
+        result = subprocess.run(
+            ssh_argv(fleet.hosts[host], host, remote), stdin=fd, capture_output=True, text=True, timeout=120
+        )
+    except (OSError, ValueError, subprocess.TimeoutExpired):  # ValueError: a connection ssh cannot use
+        return False
+    finally:
+        os.close(fd)
+    try:
+        return bool(json.loads(result.stdout).get("job", {}).get("loss_lines"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def loss_log_host(fleet: LoadedFleet) -> str:
+    """The node whose log holds the loss (loss_log_node; auto asks the servers, the last node first)."""
+    ranked = sorted(fleet.settings, key=lambda h: int(fleet.settings[h]["node_rank"]))
+    rule = str(fleet.settings[ranked[0]].get("loss_log_node") or "auto")
+    if rule != "auto":
+        return str(trainlog.pick_loss_node(ranked, {}, rule))  # type: ignore[arg-type]
+    for host in reversed(ranked):
+        if _has_loss_lines(fleet, host):
+            return host
+    return ranked[-1]
 
 
 def ssh_argv(variables: Mapping[str, Any], host: str, remote: str) -> list[str]:
@@ -489,7 +621,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if isinstance(fleet, int):
         return fleet
     if args.host is None:
-        host = next(name for name, s in fleet.settings.items() if int(s["node_rank"]) == 0)
+        host = loss_log_host(fleet)
+        rank = fleet.settings[host]["node_rank"]
+        rule = fleet.settings[host].get("loss_log_node") or "auto"
+        print(f"logs: {host} (node {rank}; loss_log_node={rule})", file=sys.stderr)
     elif args.host in fleet.settings:
         host = args.host
     else:
@@ -498,26 +633,29 @@ def cmd_logs(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    remote = remote_log_command(str(fleet.settings[host]["state_dir"]), args.lines, args.follow)
+    remote = remote_log_command(fleet.settings[host], args.lines, args.follow)
     try:
         argv = ssh_argv(fleet.hosts[host], host, remote)
     except ValueError as exc:  # a connection that cannot be used directly (password login, a plugin)
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.follow:  # become the stream: Ctrl-C or a signal ends ssh/tail, not only this process
+    source = _helper_source()
+    if args.follow:  # become the stream: Ctrl-C or a signal ends ssh, not only this process
         sys.stdout.flush()
+        sys.stderr.flush()
         try:
+            os.dup2(source, 0)
             os.execvp(argv[0], argv)
         except OSError as exc:
             print(f"error: {argv[0]}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
     try:
-        rc = subprocess.call(argv)
+        rc = subprocess.call(argv, stdin=source)
     except FileNotFoundError as exc:
         print(f"error: {exc.filename}: not found on this machine", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
-    if rc == 3:
-        return EXIT_INVALID
+    finally:
+        os.close(source)
     return EXIT_OK if rc == 0 else EXIT_INVALID

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llava_devserver.sim.faults import FAULT_KINDS, Fault, FaultError, apply_fault, parse_host_fault
+from llava_devserver.sim.inventory import LOG_STYLES
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_FLEET = "default"
@@ -54,6 +55,13 @@ def register(subparsers: Any) -> None:
         "--registry",
         action="store_true",
         help="also start a stand-in registry (SWR) and make the inventory pull the image with a login",
+    )
+    up.add_argument(
+        "--log-style",
+        choices=LOG_STYLES,
+        default="hf",
+        help="how the stand-in trainer logs: hf (HF Trainer dicts on global rank 0, default) or megatron "
+        "(Megatron/MindSpeed iteration lines on the last global rank, as the guide says)",
     )
     up.set_defaults(func=cmd_up)
 
@@ -126,6 +134,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             job=not args.no_job,
             registry=args.registry,
             host_profiles=profiles,
+            log_style=args.log_style,
         )
     except ModuleNotFoundError as exc:
         return _fail(f"the job stand-ins are not available ({exc}); use --no-job for servers only")

@@ -293,11 +293,15 @@ def fleet_up(
     registry: bool = False,
     profile: str = sim_image.DEFAULT_PROFILE,
     host_profiles: dict[str, str] | None = None,
+    log_style: str = "hf",
 ) -> FleetResult:
     """Start (or reuse) fleet `fleet` with n_hosts servers and write its inventory to out_dir.
 
     profile: the OS profile of every server (image.PROFILES); host_profiles: the profile of single servers
     (a mixed fleet), overriding it.
+
+    log_style: how the stand-in trainer logs (hf: the HF Trainer's dicts on global rank 0; megatron: the
+    guide's Megatron/MindSpeed iteration lines on the last global rank).
 
     registry: with the job, also start a local registry standing in for SWR on the fleet network, push the
     training image to it and write an inventory that pulls the image from there (instead of loading the
@@ -392,7 +396,7 @@ def fleet_up(
     sim_hosts = [host for host, _ in results]
     created = sum(1 for _, was_created in results if was_created)
 
-    settings = sim_group_vars(n_hosts, npus, devices_per_host, job_stand_ins, DEFAULT_DRIVER)
+    settings = sim_group_vars(n_hosts, npus, devices_per_host, job_stand_ins, DEFAULT_DRIVER, log_style)
     if registry and job_stand_ins is not None:
         mark = time.monotonic()
         stand_in = ensure_registry(client, network_name(fleet))

@@ -40,6 +40,12 @@ SIM_ACCEL_CHECK: dict[str, Any] = {
 }
 
 
+# How the stand-in trainer logs: hf (the HF Trainer's dicts on global rank 0) or megatron (Megatron/MindSpeed
+# iteration lines on the last global rank, as the guide describes).
+LOG_STYLES = ("hf", "megatron")
+LOG_STYLE_ENV = "LLAVA_SIM_LOG_STYLE"
+
+
 @dataclass(frozen=True)
 class SimHost:
     name: str  # inventory name, also the server's hostname
@@ -82,9 +88,16 @@ def render_ini(hosts: list[SimHost], key_path: Path, fleet: str) -> str:
 
 
 def sim_group_vars(
-    n_hosts: int, npus: int, devices_per_host: int, job: SimJob | None, driver_version: str
+    n_hosts: int,
+    npus: int,
+    devices_per_host: int,
+    job: SimJob | None,
+    driver_version: str,
+    log_style: str = "hf",
 ) -> dict[str, Any]:
     """The settings of a simulated fleet (the model in llava_devserver.config checks them like any other)."""
+    if log_style not in LOG_STYLES:
+        raise ValueError(f"log style {log_style!r}: expected one of {', '.join(LOG_STYLES)}")
     if devices_per_host > npus:
         raise ValueError(f"devices per host ({devices_per_host}) exceed the cards per server ({npus})")
     settings: dict[str, Any] = {
@@ -121,6 +134,8 @@ def sim_group_vars(
         # The demo and the Molecule verify read the finished job: wait for it (20 steps, a few minutes).
         "train_wait": True,
     }
+    if log_style != "hf":  # the stand-in trainer's environment, through the ordinary setting train_env
+        settings["train_env"] = {LOG_STYLE_ENV: log_style}
     settings |= SIM_ACCEL_CHECK
     return settings
 

@@ -7,8 +7,12 @@ No logic here:
 - `{{ 'jobstate' | llava_pretrain_helper_path }}`: the control-node file of the standalone helper.
 - `{{ hostvars | llava_pretrain_fleet_plan(play_hosts, group_hosts, restart, key) }}`: the action of every
   node, decided for the whole job (`jobstate.fleet_plan`) from each host's registered `plan` result.
+- `{{ hostvars | llava_pretrain_loss_node(play_hosts, group_hosts, rule) }}`: the host whose log holds the
+  loss (`trainlog.pick_loss_node`, setting loss_log_node), from each host's `llava_pretrain_job.loss_lines`.
 - `{{ path | llava_pretrain_loss_summary }}`: the loss summary of a fetched log (`trainlog`), or None.
-- `{{ job | llava_pretrain_report(action, loss_summary) }}`: the fact `llava_report_job` (Contract 5).
+- `{{ job | llava_pretrain_report(action, loss_summary, loss_log, projector) }}`: the fact
+  `llava_report_job` (Contract 5).
+- `{{ llava | llava_pretrain_state_file }}`: the server's root-only job state file (`jobstate.Paths`).
 """
 
 from __future__ import annotations
@@ -54,6 +58,30 @@ def llava_pretrain_fleet_plan(
     return jobstate.fleet_plan(plans, [str(h) for h in group_hosts], bool(restart))
 
 
+def llava_pretrain_loss_node(
+    hostvars: Mapping[str, Any],
+    play_hosts: Sequence[str],
+    group_hosts: Sequence[str],
+    rule: str = "auto",
+    key: str = "llava_pretrain_job",
+) -> str | None:
+    ranked = [str(h) for h in group_hosts if h in play_hosts]  # the group's order is the node_rank order
+    has_loss = {}
+    for host in ranked:
+        job = hostvars[host].get(key) if host in hostvars else None
+        has_loss[host] = bool(job.get("loss_lines")) if isinstance(job, Mapping) else False
+    return trainlog.pick_loss_node(ranked, has_loss, rule)  # type: ignore[arg-type]
+
+
+def llava_pretrain_state_file(llava: Mapping[str, Any]) -> str:
+    return jobstate.Paths(
+        str(llava["work_dir"]),
+        str(llava["container_work_dir"]),
+        str(llava["state_dir"]),
+        str(llava["container_name"]),
+    ).state_file
+
+
 def llava_pretrain_loss_summary(path: str) -> dict[str, Any] | None:
     if not path or not Path(path).is_file():
         return None
@@ -64,9 +92,13 @@ def llava_pretrain_loss_summary(path: str) -> dict[str, Any] | None:
 
 
 def llava_pretrain_report(
-    job: Mapping[str, Any], action: str, loss_summary: Mapping[str, Any] | None = None
+    job: Mapping[str, Any],
+    action: str,
+    loss_summary: Mapping[str, Any] | None = None,
+    loss_log: bool | None = None,
+    projector: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    keys = ("state", "step", "total_steps", "loss", "samples_per_s", "pid", "log", "node_rank")
+    keys = ("state", "step", "total_steps", "loss", "samples_per_s", "pid", "log", "node_rank", "world_size")
     report: dict[str, Any] = {key: job.get(key) for key in keys}
     report |= {
         "exit_code": job.get("exit_code"),
@@ -74,6 +106,8 @@ def llava_pretrain_report(
         "finished_at": job.get("finished_at"),
         "action": action,
         "message": job.get("message"),
+        "loss_log": loss_log,  # this node's log is the one read for the loss (loss_log_node)
+        "projector": dict(projector) if projector else None,
     }
     if loss_summary:
         report["loss_summary"] = dict(loss_summary)
@@ -110,6 +144,8 @@ class FilterModule:
                 llava_pretrain_host_path,
                 llava_pretrain_helper_path,
                 llava_pretrain_fleet_plan,
+                llava_pretrain_loss_node,
+                llava_pretrain_state_file,
                 llava_pretrain_loss_summary,
                 llava_pretrain_report,
             )

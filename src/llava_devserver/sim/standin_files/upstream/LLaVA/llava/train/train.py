@@ -4,8 +4,13 @@ Stand-in for upstream `llava/train/train.py` + the Hugging Face Trainer on the s
 argument of `scripts/v1_5/pretrain.sh` (unknown Hugging Face arguments are tolerated), loads the LLM and the
 vision tower from Hugging Face-layout directories, freezes both and trains only the projector on the
 pretrain JSON and its images. Distributed with torch.distributed when launched by `torchrun` or `deepspeed`
-(gloo on CPU), with DeepSpeed ZeRO from `--deepspeed` when given. Rank 0 prints what the HF Trainer prints:
-a tqdm bar and `{'loss': ..., 'learning_rate': ..., 'epoch': ...}` per logging step, then the train metrics.
+(gloo on CPU), with DeepSpeed ZeRO from `--deepspeed` when given. Two log styles (the environment variable
+LLAVA_SIM_LOG_STYLE, set per simulated fleet by `llava-devserver sim up --log-style`):
+- `hf` (default): rank 0 prints what the HF Trainer prints: a tqdm bar and `{'loss': ..., 'learning_rate':
+  ..., 'epoch': ...}` per logging step, then the train metrics.
+- `megatron`: what Megatron-LM/MindSpeed print, as the guide describes: rank 0 the argument banner, the LAST
+  global rank `iteration N/ M | consumed samples: ... | elapsed time per iteration (ms): ... | learning
+  rate: ... | global batch size: ... | lm loss: ... | ...` per logging step.
 Checkpoints go to `checkpoint-<step>/` every `--save_steps`; a later run resumes from the newest one.
 """
 
@@ -384,6 +389,11 @@ def train() -> None:
     use_deepspeed = bool(args.deepspeed)
     world = Dist(args, accelerator, use_deepspeed)
     is_main = world.rank == 0
+    log_style = os.environ.get("LLAVA_SIM_LOG_STYLE", "hf") or "hf"
+    if log_style not in ("hf", "megatron"):
+        raise ValueError(f"LLAVA_SIM_LOG_STYLE={log_style!r}: expected hf or megatron")
+    megatron = log_style == "megatron"
+    is_last = world.rank == world.world_size - 1  # Megatron's loss printer: the last pipeline rank
     is_local_main = world.local_rank == 0
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, world.local_world_size)))
     nodes = max(1, world.world_size // max(1, world.local_world_size))
@@ -490,7 +500,13 @@ def train() -> None:
         global_step = int(trainer_state["global_step"])
         log_history = list(trainer_state.get("log_history", []))
 
-    if is_main:
+    if is_main and megatron:
+        _info(
+            f"using world size: {world.world_size}, data-parallel size: {world.world_size}, "
+            "context-parallel size: 1, tensor-model-parallel size: 1, pipeline-model-parallel size: 1"
+        )
+        _info(f"> training for {max_steps} iterations, global batch size {total_batch}")
+    if is_main and not megatron:
         _info("***** Running training *****")
         _info(f"  Num examples = {len(dataset):,}")
         _info(f"  Num Epochs = {epochs:,}")
@@ -509,7 +525,9 @@ def train() -> None:
             )
             _info(f"Resumed from checkpoint {output_dir / f'{PREFIX_CHECKPOINT_DIR}-{resume_step}'}")
 
-    bar = _progress(max_steps, global_step) if is_main else None
+    bar = _progress(max_steps, global_step) if is_main and not megatron else None
+    logged_at, logged_from = time.time(), global_step
+    grad_norm = 0.0
     start_time = time.time()
     start_step = global_step
     logged_loss, logged_steps, run_loss = 0.0, 0, 0.0
@@ -536,7 +554,7 @@ def train() -> None:
             if (micro_step + 1) % accumulation != 0:
                 continue
             if engine is None:
-                torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm))
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -561,6 +579,23 @@ def train() -> None:
                 logged_loss, logged_steps = 0.0, 0
                 if bar is not None:
                     bar.write(str(logs))
+                if megatron and is_last:
+                    now = time.time()
+                    per_iteration_ms = (now - logged_at) * 1000.0 / max(1, global_step - logged_from)
+                    fields = [
+                        f" iteration {global_step:8d}/{max_steps:8d}",
+                        f"consumed samples: {global_step * total_batch:12d}",
+                        f"elapsed time per iteration (ms): {per_iteration_ms:.1f}",
+                        f"learning rate: {logs['learning_rate']:.6E}",
+                        f"global batch size: {total_batch:5d}",
+                        f"lm loss: {logs['loss']:.6E}",
+                        "loss scale: 1.0",
+                        f"grad norm: {grad_norm:.3f}",
+                        "number of skipped iterations:   0",
+                        "number of nan iterations:   0",
+                    ]
+                    _info(" | ".join(fields) + " |")
+                logged_at, logged_from = time.time(), global_step
             if save_steps > 0 and args.save_strategy == "steps" and global_step % save_steps == 0:
                 _save_checkpoint(
                     output_dir,
@@ -590,8 +625,11 @@ def train() -> None:
         "epoch": round(global_step / steps_per_epoch, 2),
     }
     world.barrier()
-    if is_main:
+    if megatron and is_last:
+        _info(f"[after training is done] {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    if is_main and not megatron:
         print(str(metrics), flush=True)
+    if is_main:
         # What LLaVA's safe_save_model_for_hf_trainer writes in the pretrain stage, + trainer.save_state().
         torch.save(projector_state(model), output_dir / "mm_projector.bin")
         mm_hidden = model.model.mm_projector[0].in_features
