@@ -1171,7 +1171,9 @@ def stream_log(
             out.flush()
             if not follow:
                 return 0
-            position = os.fstat(fd).st_size
+            # Follow from the end of what was read, not the size now: a line appended while the tail was
+            # being written out would be skipped otherwise.
+            position = os.lseek(fd, 0, os.SEEK_CUR)
             while polls != 0:
                 polls -= 1
                 os.lseek(fd, position, os.SEEK_SET)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -353,20 +354,38 @@ def test_down_stops_the_job_and_removes_the_container_keeping_data(
             client.containers.get(name).remove(force=True)
 
 
+def _read_line(fd: int, seconds: float) -> str:
+    """One line from a pipe, or what came before the deadline (a follower that streams nothing fails the
+    test instead of hanging it)."""
+    data = b""
+    deadline = time.monotonic() + seconds
+    while not data.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        data += byte
+    return data.decode()
+
+
 def test_logs_follow_streams_new_lines(tmp_path: Path) -> None:
     inventory = local_inventory(tmp_path)
     write_job(tmp_path, state="running")
     log = tmp_path / "work" / ".llava-devserver" / "logs" / LOG_NAME
     log.write_text("step 1\n")
     follower = subprocess.Popen(
-        [CLI, "logs", "-i", str(inventory), "-n", "1", "--follow"], stdout=subprocess.PIPE, text=True
+        [CLI, "logs", "-i", str(inventory), "-n", "1", "--follow"], stdout=subprocess.PIPE, bufsize=0
     )
     try:
         assert follower.stdout is not None
-        assert follower.stdout.readline() == "step 1\n"
+        out = follower.stdout.fileno()
+        assert _read_line(out, 120) == "step 1\n"
+        # at once, as a trainer does: the follower may still be between its tail and its first poll
         with log.open("a") as handle:
             handle.write("{'loss': 1.5, 'epoch': 0.1}\n")
-        assert follower.stdout.readline() == "{'loss': 1.5, 'epoch': 0.1}\n"
+        assert _read_line(out, 30) == "{'loss': 1.5, 'epoch': 0.1}\n"
         assert follower.poll() is None  # still following
     finally:
         follower.terminate()
