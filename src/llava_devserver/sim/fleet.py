@@ -182,11 +182,11 @@ def _create_server(
     if sim_image.get_profile(profile).init == "systemd":
         tmpfs["/run/lock"] = "rw,noexec,nosuid,nodev,size=5m"
     volume = volume_name(fleet, index)
-    for name in (volume, device_network_volume(fleet)):
+    for volume_of_server in (volume, device_network_volume(fleet)):
         try:
-            client.volumes.get(name)
+            client.volumes.get(volume_of_server)
         except docker.errors.NotFound:
-            client.volumes.create(name, labels={FLEET_LABEL: fleet})
+            client.volumes.create(volume_of_server, labels={FLEET_LABEL: fleet})
     container: Container = client.containers.create(
         image,
         name=container_name(fleet, index),
