@@ -8,7 +8,7 @@ SIM_DIR ?= .sim/demo
 export PATH := $(abspath $(BIN)):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 
-.PHONY: venv host-tools docker demo test unit fleet-tests molecule lint bench clean
+.PHONY: venv host-tools docker images demo test unit fleet-tests molecule lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,10 @@ host-tools:
 
 docker:
 	scripts/ensure-docker.sh
+
+# Every image the simulated fleets use, built ahead (cached by recipe: a lookup when nothing changed).
+images: venv host-tools docker
+	$(BIN)/llava-devserver sim images
 
 demo: venv host-tools docker
 	$(BIN)/llava-devserver sim up --hosts $(HOSTS) --name demo -o $(SIM_DIR)
@@ -46,9 +50,11 @@ fleet-tests: venv host-tools docker
 molecule: venv host-tools docker
 	for s in default fleet faults; do $(BIN)/molecule test -s $$s || exit 1; done
 
-# What CI runs: each stage timed, the times printed at the end (scripts/stages.sh).
+# What CI runs: each stage timed, the times printed at the end (scripts/stages.sh). The images build in the
+# background (mostly downloads and disk) while lint and the unit tests use the CPU; the Molecule scenarios
+# (fleets of their own names and inventories) run beside the fleet tests, which mostly wait on servers.
 test:
-	scripts/stages.sh venv host-tools docker lint unit fleet-tests molecule
+	scripts/stages.sh venv host-tools docker images@ lint unit wait molecule@ fleet-tests wait
 
 bench: venv host-tools docker
 	$(PY) bench/validate_bench.py

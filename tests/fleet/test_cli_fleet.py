@@ -64,7 +64,9 @@ def test_images_zip_is_unpacked_once_and_verified(fleet: harness.Fleet) -> None:
         marker = json.loads(fleet.read(host, f"{images}/{MARKER}"))
         assert marker["archives"]["images.zip"]["members"] == count, marker
         assert entries["pretrain_json"]["details"]["records"] == len(caption)
-    assert run.outcome("devserver-2", "Unpack the image archives into the image folder") == "changed", run.changed
+    assert run.outcome("devserver-2", "Unpack the image archives into the image folder") == "changed", (
+        run.changed
+    )
 
     again = fleet.run_play("validate", "workspace")
     assert again.rc == 0, again.tail()

@@ -113,7 +113,7 @@ def test_sim_up_again_reuses_the_running_servers(
 ) -> None:
     before = fleet.inventory.read_text()
     assert main(["sim", "up", "--hosts", "3", "--name", fleet.name, "-o", str(fleet.dir), "--no-job"]) == 0
-    assert "(0 started, 3 reused)" in capsys.readouterr().out
+    assert "0 started, 3 reused)" in capsys.readouterr().out
     assert fleet.inventory.read_text() == before
     assert main(["sim", "up", "--hosts", "2", "--name", fleet.name, "-o", str(fleet.dir), "--no-job"]) == 1
     assert "already has 3 servers" in capsys.readouterr().err

@@ -75,6 +75,23 @@ def register(subparsers: Any) -> None:
     fault.add_argument("faults", nargs="+", metavar="HOST:FAULT", help=fault_help)
     fault.set_defaults(func=cmd_fault)
 
+    images = sim.add_parser(
+        "images",
+        help="build (or find cached) every image the simulated fleets use",
+        description="Build once, ahead of time, the images `sim up` would build on first use: the server "
+        "image of each OS profile and its Docker-preinstalled variant, the stand-in registry and the "
+        "training image. Cached by recipe: a second run only looks them up.",
+    )
+    images.add_argument(
+        "--os",
+        action="append",
+        choices=sorted(_profiles()),
+        metavar="PROFILE",
+        help="only these OS profiles (repeat; default every profile)",
+    )
+    images.add_argument("--no-job", action="store_true", help="skip the registry and the training image")
+    images.set_defaults(func=cmd_images)
+
     down = sim.add_parser("down", help="remove a fleet (containers, volumes, network)")
     which = down.add_mutually_exclusive_group()
     which.add_argument("--name", default=None, help=f"fleet name (default {DEFAULT_FLEET})")
@@ -182,6 +199,38 @@ def cmd_fault(args: argparse.Namespace) -> int:
                 apply_fault(containers[host], fault)
                 print(f"sim: {host}: {fault}")
     except FaultError as exc:
+        return _fail(str(exc))
+    return EXIT_OK
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    import time
+    from functools import partial
+
+    from llava_devserver.sim import image as sim_image
+    from llava_devserver.sim.fleet import FleetError, docker_client
+    from llava_devserver.sim.registry import ensure_registry_image
+    from llava_devserver.sim.training_image import TrainingImageError, ensure_training_image
+
+    builders: list[tuple[str, Any]] = []
+    for profile in args.os or sorted(_profiles()):
+        builders.append((f"server ({profile})", partial(sim_image.ensure_server_image, profile=profile)))
+        builders.append(
+            (
+                f"server with Docker ({profile})",
+                partial(sim_image.ensure_docker_server_image, profile=profile),
+            )
+        )
+    if not args.no_job:
+        builders.append(("registry", ensure_registry_image))
+        builders.append(("training", lambda c: ensure_training_image(c).tag))
+    try:
+        client = docker_client()
+        for what, build in builders:
+            started = time.monotonic()
+            tag = build(client)
+            print(f"sim: {what}: {tag} ({time.monotonic() - started:.1f} s)", flush=True)
+    except (FleetError, sim_image.SimImageError, TrainingImageError) as exc:
         return _fail(str(exc))
     return EXIT_OK
 

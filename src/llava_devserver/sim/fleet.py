@@ -115,7 +115,8 @@ def default_state(npus: int) -> dict[str, Any]:
     return state
 
 
-def _client() -> docker.DockerClient:
+def docker_client() -> docker.DockerClient:
+    """The local Docker engine, answering, or FleetError saying how to start it."""
     try:
         client = docker.from_env(timeout=300)
         client.ping()
@@ -182,11 +183,11 @@ def _create_server(
     if sim_image.get_profile(profile).init == "systemd":
         tmpfs["/run/lock"] = "rw,noexec,nosuid,nodev,size=5m"
     volume = volume_name(fleet, index)
-    for name in (volume, device_network_volume(fleet)):
+    for volume_of_server in (volume, device_network_volume(fleet)):
         try:
-            client.volumes.get(name)
+            client.volumes.get(volume_of_server)
         except docker.errors.NotFound:
-            client.volumes.create(name, labels={FLEET_LABEL: fleet})
+            client.volumes.create(volume_of_server, labels={FLEET_LABEL: fleet})
     container: Container = client.containers.create(
         image,
         name=container_name(fleet, index),
@@ -329,7 +330,7 @@ def fleet_up(
     out_dir = out_dir.resolve()
     timings: dict[str, float] = {}
     started = time.monotonic()
-    client = _client()
+    client = docker_client()
 
     existing = _fleet_containers(client, fleet)
     if existing and len(existing) != n_hosts:
@@ -420,12 +421,12 @@ def fleet_up(
 
 def fleet_containers(fleet: str | None = None) -> list[Container]:
     """The servers of one fleet (or of all fleets), in fleet and index order."""
-    return _fleet_containers(_client(), fleet)
+    return _fleet_containers(docker_client(), fleet)
 
 
 def server(fleet: str, host: str) -> Container:
     """The container of one simulated server, e.g. server('demo', 'devserver-2')."""
-    for container in _fleet_containers(_client(), fleet):
+    for container in _fleet_containers(docker_client(), fleet):
         if container.labels.get(HOST_LABEL) == host:
             return container
     raise FleetError(f"fleet {fleet!r} has no server {host!r}")
@@ -433,7 +434,7 @@ def server(fleet: str, host: str) -> Container:
 
 def fleet_status(fleet: str | None = None) -> list[dict[str, str]]:
     rows = []
-    for container in _fleet_containers(_client(), fleet):
+    for container in _fleet_containers(docker_client(), fleet):
         name = container.labels.get(FLEET_LABEL, "")
         networks = container.attrs.get("NetworkSettings", {}).get("Networks", {})
         rows.append(
@@ -453,7 +454,7 @@ def fleet_status(fleet: str | None = None) -> list[dict[str, str]]:
 
 def fleet_down(fleet: str | None = None, log: Log = print) -> list[str]:
     """Remove the containers, volumes and network of one fleet (None: of every fleet). Returns their names."""
-    client = _client()
+    client = docker_client()
     label = f"{FLEET_LABEL}={fleet}" if fleet else FLEET_LABEL
     removed: list[str] = []
     containers = _fleet_containers(client, fleet)
