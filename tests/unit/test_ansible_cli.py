@@ -232,7 +232,7 @@ DATA_COMMANDS = {
     "validate", "schema", "render", "npu-smi parse", "loss", "sim status",
     "up", "plan", "status", "down", "report", "hccn parse",
 }  # fmt: skip
-NO_DATA_COMMANDS = {"logs", "sim up", "sim fault", "sim down"}
+NO_DATA_COMMANDS = {"logs", "sim up", "sim fault", "sim images", "sim down"}
 
 
 def test_every_data_printing_command_accepts_json() -> None:
@@ -334,6 +334,7 @@ def test_bash_completion(tmp_path: Path) -> None:
         "up",
         "status",
         "fault",
+        "images",
         "down",
         "-h",
         "--help",
