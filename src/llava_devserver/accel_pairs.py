@@ -10,7 +10,7 @@ server is in at most one pair per round, so that pairs never compete for its dev
   is **slow** (it is the slow one in every pair it is in); any other server is **uncleared**;
 - `plan_round`: each uncleared server with a healthy one not yet tried with it (each healthy server once a
   round), the others with each other, never the same pair twice; no pair left: done. One slow server among
-  N >= 3 is found in 2 rounds (3 when it is in the very first pair of 3 servers), hence the default of 3.
+  N >= 3 is named within 3 rounds (2 on an even fleet of 4 or more), hence the default of 3.
 - `pairwise_outcome`: the slow servers fail by name (with their pairs' figures), the healthy ones pass (their
   own problems aside), uncleared ones keep the fleet-wide failure; when no server is found slow (every pair
   passed: the collective is slow only at the fleet's scale; or nothing was cleared) every server keeps it.
