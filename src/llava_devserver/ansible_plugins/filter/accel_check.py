@@ -35,7 +35,7 @@ def _number(value: Any, kind: Callable[[Any], Any]) -> Any:
 def launch_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """The role's knobs (`accel_check_options`, as Ansible templated them) as `accel_launch.check_plan`'s
     keyword arguments: numbers from strings, empty meaning the default."""
-    known = {
+    known: dict[str, Callable[[Any], Any]] = {
         "expect_devices": lambda v: _number(v, int),
         "timeout_s": int,
         "rdzv_timeout_s": int,
