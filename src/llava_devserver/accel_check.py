@@ -170,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="flag a device below R x the median of its peers (default 0.5)",
     )
     parser.add_argument(
+        "--min-tflops",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="fail a device whose bf16 matmul figure is below T TFLOP/s (0: no threshold)",
+    )
+    parser.add_argument(
+        "--min-busbw",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="fail the job when the all_reduce bus bandwidth is below G GB/s (0: no threshold)",
+    )
+    parser.add_argument(
         "--allreduce-mb",
         type=float,
         default=64.0,
@@ -230,6 +244,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--expect-devices must be at least 1")
     if not 0 < opts.outlier_ratio < 1:
         parser.error("--outlier-ratio must be between 0 and 1")
+    if opts.min_tflops < 0 or opts.min_busbw < 0:
+        parser.error("--min-tflops and --min-busbw must be positive (0: no threshold)")
     if opts.allreduce_mb <= 0 or opts.allreduce_iters < 1 or opts.matmul_seconds <= 0 or opts.matmul_size < 0:
         parser.error("--allreduce-mb, --allreduce-iters and --matmul-seconds must be positive")
     return opts
@@ -339,6 +355,40 @@ def flag_outliers(devices: list[dict[str, Any]], ratio: float) -> list[tuple[dic
     return flagged
 
 
+def below_min_tflops(
+    devices: list[dict[str, Any]], min_tflops: float | None
+) -> list[tuple[dict[str, Any], str]]:
+    """Devices whose matmul figure is below the absolute threshold (None or 0: no threshold)."""
+    if not min_tflops:
+        return []
+    flagged = []
+    for device in devices:
+        tflops = device.get("tflops")
+        if isinstance(tflops, (int, float)) and tflops < min_tflops:
+            device["below_min"] = True
+            flagged.append(
+                (
+                    device,
+                    f"{device.get('host')} device {device.get('index')} (rank {device.get('rank')}): bf16 "
+                    f"matmul {tflops:.3g} TFLOP/s is below the minimum {min_tflops:g} TFLOP/s",
+                )
+            )
+    return flagged
+
+
+def busbw_problem(allreduce: dict[str, Any] | None, min_busbw: float | None) -> str | None:
+    """The job problem of an all_reduce that completed below the bus bandwidth threshold, if any."""
+    if not min_busbw or not allreduce or allreduce.get("busbw_gbps") is None:
+        return None
+    busbw = float(allreduce["busbw_gbps"])
+    if busbw >= min_busbw:
+        return None
+    return (
+        f"the all_reduce bus bandwidth {busbw:.3g} GB/s ({allreduce.get('backend')}, "
+        f"{allreduce.get('world_size')} processes) is below the minimum {min_busbw:g} GB/s"
+    )
+
+
 def host_key(report: dict[str, Any]) -> tuple[int, str]:
     return int(report.get("node_rank", 0)), str(report.get("host"))
 
@@ -355,11 +405,12 @@ def build_host_document(
     expected_devices: int | None,
     outlier_ratio: float,
     extra: dict[str, Any] | None = None,
+    min_tflops: float | None = None,
 ) -> dict[str, Any]:
     """The JSON document for one host, from the per-rank reports of the whole job (or what is known)."""
     reports = sorted(rank_reports, key=lambda r: int(r.get("rank", 0)))
     all_devices = [dict(d) for r in reports for d in r.get("devices", [])]
-    outliers = flag_outliers(all_devices, outlier_ratio)
+    outliers = flag_outliers(all_devices, outlier_ratio) + below_min_tflops(all_devices, min_tflops)
     docs_by_host = {}
     keys = sorted({host_key(r) for r in reports})
     for k in keys:
@@ -394,8 +445,12 @@ def build_host_document(
         "device_count": own["device_count"],
         "devices": own["devices"],
         "tflops_median": own["tflops_median"],
+        "min_tflops": min_tflops or None,
         "allreduce": allreduce,
         "problems": problems,
+        # The problems of the whole job (a collective that failed, timed out or was too slow), also in
+        # `problems`: the role's rerun by pairs of servers attributes them to the server that causes them.
+        "job_problems": list(job_problems),
         "warnings": own["warnings"],
         "hosts": hosts,
         "job_verdict": "FAIL" if any(h["verdict"] == "FAIL" for h in hosts) else "PASS",
@@ -461,9 +516,10 @@ def summary_line(doc: dict[str, Any]) -> str:
     ]
     allreduce = doc.get("allreduce")
     if allreduce and allreduce.get("busbw_gbps") is not None:
-        parts.append(
-            f"all_reduce busbw {allreduce['busbw_gbps']:.3g} GB/s over {allreduce['world_size']} procs"
-        )
+        floor = allreduce.get("min_busbw_gbps")
+        against = f" (min {floor:g})" if floor else ""
+        busbw, procs = allreduce["busbw_gbps"], allreduce["world_size"]
+        parts.append(f"all_reduce busbw {busbw:.3g} GB/s{against} over {procs} procs")
     elif allreduce:
         parts.append("all_reduce failed")
     line = f"accel-check {doc.get('verdict')} {doc.get('host')}: " + ", ".join(parts)
@@ -872,6 +928,7 @@ def failed_allreduce(state: CheckState) -> dict[str, Any]:
         "iterations": state.opts.allreduce_iters,
         "algbw_gbps": None,
         "busbw_gbps": None,
+        "min_busbw_gbps": state.opts.min_busbw or None,
         "ok": False,
     }
 
@@ -887,15 +944,20 @@ def summarise_allreduce(state: CheckState, outcomes: list[Any]) -> dict[str, Any
             f"all_reduce returned wrong values on rank(s) {', '.join(map(str, bad))} "
             f"(backend {BACKEND_FOR[state.report['accelerator']]})"
         )
-    return {
+    summary = {
         "backend": BACKEND_FOR[state.report["accelerator"]],
         "world_size": n,
         "size_mb": state.opts.allreduce_mb,
         "iterations": state.opts.allreduce_iters,
         "algbw_gbps": round(algbw, 4),
         "busbw_gbps": round(bus_bandwidth(algbw, n), 4),
+        "min_busbw_gbps": state.opts.min_busbw or None,
         "ok": not bad,
     }
+    slow = busbw_problem(summary, state.opts.min_busbw)
+    if slow:
+        state.job_problems.append(slow)
+    return summary
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -937,6 +999,7 @@ def finish(state: CheckState, extra_problem: str | None = None, reason: str | No
             state.opts.expect_devices,
             state.opts.outlier_ratio,
             extra,
+            min_tflops=state.opts.min_tflops or None,
         )
         if doc["verdict"] == "PASS":
             code = EXIT_PASS

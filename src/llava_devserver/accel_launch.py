@@ -29,11 +29,13 @@ _NAMED_CAUSES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("collective timed out", re.compile(r"did not complete within|timed out after", re.IGNORECASE)),
     ("collective failed", re.compile(r"^(all_reduce|init_process_group|gather|matmul turn)", re.IGNORECASE)),
     ("process stopped", re.compile(r"was stopped by|never reached", re.IGNORECASE)),
+    ("slow collective", re.compile(r"bus bandwidth [\d.e+-]+ GB/s .*is below the minimum", re.IGNORECASE)),
     (
         "wrong device count",
         re.compile(r"\bfound \d+ .*expected \d+|processes per node but only", re.IGNORECASE),
     ),
     ("device outlier", re.compile(r"below [\d.]+ x the peer median", re.IGNORECASE)),
+    ("slow device", re.compile(r"TFLOP/s is below the minimum", re.IGNORECASE)),
     ("DeepSpeed does not see the accelerator", re.compile(r"deepspeed", re.IGNORECASE)),
     ("wrong accelerator", re.compile(r"accelerator is '\w+', expected", re.IGNORECASE)),
     ("torch_npu does not match torch", re.compile(r"torch_npu", re.IGNORECASE)),
@@ -46,10 +48,23 @@ _FIXES = {
     "collective failed": "the collective library could not connect all processes: check HCCL_IF_IP/"
     "HCCL_SOCKET_IFNAME in train_env and that the servers reach each other on the check's port",
     "process stopped": "one process of the check died; its error is in the stderr below",
+    "slow collective": "the collective is slower than accel_check_min_busbw_gbs: look at the device network "
+    "(`hccn_tool -i N -link -g`, `-net_health -g`, `-link_stat -g`), at HCCL_IF_IP/HCCL_SOCKET_IFNAME in "
+    "train_env, or lower the threshold if this fleet's network is slower by design",
+    "slow server": "every collective with this server is slow: check its NPUs' network ports "
+    "(`hccn_tool -i N -link -g`, `-net_health -g`, `-link_stat -g` for flaps, the port speed), its cabling "
+    "and switch port, or leave it out of the inventory until it is repaired",
+    "broken server": "every collective with this server fails: read the problems of its pair runs "
+    "(report.json, facts.accel.pairs), check its NPUs' network ports (`hccn_tool -i N -link -g`, "
+    "`-net_health -g`) and that the other servers reach it on the check's port, or leave it out of the "
+    "inventory",
     "wrong device count": "set npu_devices to the cards this server has, or have the missing card repaired "
     "(`npu-smi info` on the server)",
     "device outlier": "this card is far slower than its peers: check `npu-smi info -t health -i <card>`, "
     "leave it out of npu_devices or request a repair",
+    "slow device": "this card computes below accel_check_min_tflops: check `npu-smi info -t health -i "
+    "<card>` and its power and temperature (`npu-smi info -t power`/`-t temp`), leave it out of npu_devices "
+    "or request a repair",
     "DeepSpeed does not see the accelerator": "the image's DeepSpeed would not use the NPU (set "
     "DS_ACCELERATOR=npu in train_env, or use an image whose deepspeed has the NPU accelerator)",
     "wrong accelerator": "torch in the container does not see the expected accelerator: is torch_npu "
@@ -101,6 +116,8 @@ def check_plan(
     outlier_ratio: float = 0.5,
     allreduce_mb: float = 64.0,
     allreduce_iters: int = 5,
+    min_tflops: float = 0.0,
+    min_busbw_gbs: float = 0.0,
     fault: str = "",
 ) -> dict[str, Any]:
     """The `docker exec` argv that runs the check on this server, and the numbers the role bounds it by.
@@ -122,6 +139,10 @@ def check_plan(
     if timeout_s < 10 or rdzv_timeout_s < 5:
         raise AccelPlanError(
             f"{host}: accel_check_timeout must be >= 10 s and accel_check_rdzv_timeout >= 5 s"
+        )
+    if min_tflops < 0 or min_busbw_gbs < 0:
+        raise AccelPlanError(
+            f"{host}: accel_check_min_tflops and accel_check_min_busbw_gbs must be positive (0: no threshold)"
         )
     if collective_timeout_s and not 0 < collective_timeout_s < timeout_s:
         raise AccelPlanError(
@@ -163,6 +184,10 @@ def check_plan(
         check_args += ["--matmul-size", str(matmul_size)]
     if collective_timeout_s:
         check_args += ["--collective-timeout", str(collective_timeout_s)]
+    if min_tflops:
+        check_args += ["--min-tflops", f"{min_tflops:g}"]
+    if min_busbw_gbs:
+        check_args += ["--min-busbw", f"{min_busbw_gbs:g}"]
     torchrun = [
         "torchrun",
         "--nnodes", str(nnodes),
@@ -192,6 +217,7 @@ def check_plan(
         "nproc_per_node": nproc,
         "expected_devices": expected,
         "expect_accelerator": expect_accelerator,
+        "min_busbw_gbs": min_busbw_gbs or None,
         "wrapper_timeout_s": wrapper_s,
         # What Ansible's async bound must exceed, so that the in-container bound always fires first.
         "async_s": wrapper_s + KILL_AFTER_S + LAUNCH_SLACK_S,
@@ -276,6 +302,7 @@ def _figures(doc: Mapping[str, Any]) -> str:
         f"{d.get('index')}: "
         + ("error" if d.get("tflops") is None else f"{d['tflops']:.3g}")
         + (" (outlier)" if d.get("outlier") else "")
+        + (" (below the minimum)" if d.get("below_min") else "")
         for d in devices
     )
     parts = [
@@ -283,13 +310,19 @@ def _figures(doc: Mapping[str, Any]) -> str:
         f"{doc.get('device_count')} device(s) (expected {doc.get('expected_devices')})",
     ]
     if per_device:
-        parts.append(f"bf16 matmul TFLOP/s by device {per_device}; median {doc.get('tflops_median')}")
+        floor = doc.get("min_tflops")
+        parts.append(
+            f"bf16 matmul TFLOP/s by device {per_device}; median {doc.get('tflops_median')}"
+            + (f" (minimum {floor:g})" if floor else "")
+        )
     allreduce = doc.get("allreduce")
     if isinstance(allreduce, Mapping):
         if allreduce.get("busbw_gbps") is not None:
+            floor = allreduce.get("min_busbw_gbps")
             parts.append(
                 f"all_reduce ({allreduce.get('backend')}, {allreduce.get('world_size')} processes, "
                 f"{allreduce.get('size_mb')} MiB) busbw {allreduce['busbw_gbps']} GB/s"
+                + (f" (minimum {floor:g} GB/s)" if floor else "")
             )
         else:
             parts.append(
@@ -311,6 +344,62 @@ def short_summary(doc: Mapping[str, Any]) -> str:
     return re.sub(r"^accel-check \w+ \S+: ", "", summary)
 
 
+def collective_status(doc: Mapping[str, Any] | None, nnodes: int) -> str:
+    """What the check's all_reduce says about the servers' collective: `ok`, `slow` (below its minimum),
+    `failed` (no figure: it failed or timed out, or no document came back from a multi-server run) or
+    `none` (one process alone measures no collective)."""
+    if doc is None:
+        return "failed" if nnodes > 1 else "none"
+    allreduce = doc.get("allreduce")
+    if not isinstance(allreduce, Mapping):
+        return "none"
+    busbw = allreduce.get("busbw_gbps")
+    if busbw is None or allreduce.get("ok") is False:
+        return "failed"
+    floor = allreduce.get("min_busbw_gbps")
+    if floor and float(busbw) < float(floor):
+        return "slow"
+    return "ok"
+
+
+def run_scope(run: Mapping[str, Any]) -> str:
+    if run.get("nnodes") != run.get("job_nnodes"):
+        return f"{run.get('nnodes')} of {run.get('job_nnodes')} servers"
+    return f"{run.get('nnodes')} server(s)"
+
+
+def document_failure(
+    host: str,
+    doc: Mapping[str, Any],
+    problems: Sequence[str],
+    scope: str,
+    stderr: str = "",
+    cause: str | None = None,
+    notes: Sequence[str] = (),
+) -> tuple[str, str]:
+    """(cause, the ONE failure message) of a host whose document has problems: the named cause, the first
+    problem, the measured figures, every problem, `notes`, what to do, and a collective's stderr tail."""
+    cause = cause or cause_of(problems)
+    fix = _FIXES.get(cause, "read the problems above")
+    first_problem = problems[0] if problems else "no detail"
+    lines = [f"{host}: accelerator check FAILED ({cause}) over {scope}: {first_problem}"]
+    if "devices" in doc:  # a document of the check (not the stand-in of a run that wrote none)
+        lines.append(f"Measured: {_figures(doc)}.")
+    if len(problems) > 1:
+        lines.append("All problems:")
+        lines += [f"  - {p}" for p in problems]
+    if doc.get("aborted"):
+        lines.append(f"The check was cut short ({doc['aborted']}) in phase {doc.get('phase')!r}.")
+    lines += list(notes)
+    lines.append(f"What to do: {fix}.")
+    if cause in ("collective timed out", "collective failed", "process stopped"):
+        tail = _tail(str(stderr or ""), lines=5)
+        if tail:
+            lines.append("stderr of the check (last lines):")
+            lines += [f"  {line}" for line in tail]
+    return cause, "\n".join(lines)
+
+
 def check_result(
     host: str,
     stdout: str,
@@ -319,8 +408,9 @@ def check_result(
     plan: Mapping[str, Any],
     seconds: float | None = None,
 ) -> dict[str, Any]:
-    """`{failed, cause, message, report}`: `report` is the fact `llava_report_accel` (the check's document,
-    schema 1, plus `run`: how it was launched), `message` the ONE failure text (empty when it passed)."""
+    """`{failed, cause, message, report, collective}`: `report` is the fact `llava_report_accel` (the check's
+    document, schema 1, plus `run`: how it was launched), `message` the ONE failure text (empty when it
+    passed), `collective` the all_reduce's status (`collective_status`)."""
     doc = parse_document(stdout)
     run = {
         "nnodes": plan.get("nnodes"),
@@ -333,11 +423,8 @@ def check_result(
         "rc": rc,
         "seconds": None if seconds is None else round(float(seconds), 1),
     }
-    scope = (
-        f"{run['nnodes']} of {run['job_nnodes']} servers"
-        if run["nnodes"] != run["job_nnodes"]
-        else f"{run['nnodes']} server(s)"
-    )
+    scope = run_scope(run)
+    collective = collective_status(doc, int(plan.get("nnodes") or 1))
     if doc is None:
         stderr_text = str(stderr or "")
         if rc == TIMEOUT_EXIT:
@@ -362,6 +449,7 @@ def check_result(
             "verdict": "FAIL",
             "summary": f"accel-check FAIL {host}: {problem}",
             "problems": [problem],
+            "job_problems": [problem] if collective == "failed" else [],
             "warnings": [],
             "exit_code": rc,
             "run": run,
@@ -374,7 +462,13 @@ def check_result(
                 *(f"  {line}" for line in _tail(stderr_text)),
             ]
         )
-        return {"failed": True, "cause": cause, "message": message, "report": report}
+        return {
+            "failed": True,
+            "cause": cause,
+            "message": message,
+            "report": report,
+            "collective": collective,
+        }
 
     report = {**doc, "run": run}
     problems = [str(p) for p in doc.get("problems") or []]
@@ -384,23 +478,6 @@ def check_result(
         problems = [f"{host}: the check passed but torchrun exited {rc}"]
         passed = False
     if passed:
-        return {"failed": False, "cause": None, "message": "", "report": report}
-    cause = cause_of(problems)
-    fix = _FIXES.get(cause, "read the problems above")
-    first_problem = problems[0] if problems else "no detail"
-    lines = [
-        f"{host}: accelerator check FAILED ({cause}) over {scope}: {first_problem}",
-        f"Measured: {_figures(doc)}.",
-    ]
-    if len(problems) > 1:
-        lines.append("All problems:")
-        lines += [f"  - {p}" for p in problems]
-    if doc.get("aborted"):
-        lines.append(f"The check was cut short ({doc['aborted']}) in phase {doc.get('phase')!r}.")
-    lines.append(f"What to do: {fix}.")
-    if cause in ("collective timed out", "collective failed", "process stopped"):
-        tail = _tail(str(stderr or ""), lines=5)
-        if tail:
-            lines.append("stderr of the check (last lines):")
-            lines += [f"  {line}" for line in tail]
-    return {"failed": True, "cause": cause, "message": "\n".join(lines), "report": report}
+        return {"failed": False, "cause": None, "message": "", "report": report, "collective": collective}
+    cause, message = document_failure(host, doc, problems, scope, str(stderr or ""))
+    return {"failed": True, "cause": cause, "message": message, "report": report, "collective": collective}

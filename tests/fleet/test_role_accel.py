@@ -7,7 +7,12 @@ training container running), through real Ansible over SSH, reading what the fle
    the same server (llava.nnodes = 1);
 3. faults in one run: rank 1 (devserver-2) fails its device measurement, devserver-3 expects 2 devices:
    each of those fails with its cause named, devserver-1 passes;
-4. rank 1 stalls before the all_reduce: every server fails within the bound, naming the timeout and rank 1.
+4. rank 1 stalls before the all_reduce: every server fails within the bound, naming the timeout and rank 1
+   (the rerun by pairs off: accel_check_pair_rounds 0);
+5. `accel-slow` on devserver-2 (its fleet link sends slowly, turned on for this run and cleared after) and an
+   all_reduce threshold: the fleet-wide all_reduce is below it on every server, the rerun by pairs names
+   devserver-2, which fails, while devserver-1 and devserver-3 pass; the report shows the bus bandwidth
+   against its threshold.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 import pytest
 
 import harness
+from llava_devserver.sim.faults import apply_fault, clear_fault, parse_fault
 
 pytestmark = pytest.mark.fleet
 
@@ -174,7 +180,7 @@ def test_failed_process_and_wrong_count_fail_their_hosts(fleet: harness.Fleet) -
 
 def test_stalled_process_fails_within_the_bound(fleet: harness.Fleet) -> None:
     timeout = 45  # the check's bound; its collectives time out at 0.6 x 45 = 27 s
-    faults = {"accel_check_fault": "stall:1", "accel_check_timeout": timeout}
+    faults = {"accel_check_fault": "stall:1", "accel_check_timeout": timeout, "accel_check_pair_rounds": 0}
     run = run_play(fleet, extravars=faults, name="stall")
     assert run.rc != 0
     for host in HOSTS:
@@ -190,9 +196,63 @@ def test_stalled_process_fails_within_the_bound(fleet: harness.Fleet) -> None:
                 message,
             ), message
             assert "rank(s) 1 never reached it" in message
+        assert "The rerun by pairs of servers is off (accel_check_pair_rounds: 0)." in message
         accel = run.accel(host)
         assert accel["allreduce"]["busbw_gbps"] is None and accel["allreduce"]["ok"] is False
         assert accel["exit_code"] == 3
         # within the launch's bound (rendezvous + check + slack), far below Ansible's async bound
         assert accel["run"]["seconds"] < 90 + timeout + 30, accel["run"]
     assert run.seconds < 90 + timeout + 60, run.seconds
+
+
+# The simulated fleet's all_reduce runs at 0.1-0.35 GB/s between healthy servers (2 shared cores) and at
+# about 0.005 GB/s with a server whose link is slowed by accel-slow: a threshold between them, far from both.
+MIN_BUSBW = 0.02
+
+
+def test_slow_server_is_named_by_the_rerun_by_pairs(fleet: harness.Fleet) -> None:
+    slow = parse_fault("accel-slow")
+    apply_fault(fleet.container("devserver-2"), slow)
+    try:
+        run = run_play(fleet, extravars={"accel_check_min_busbw_gbs": MIN_BUSBW}, name="slow")
+    finally:
+        clear_fault(fleet.container("devserver-2"), slow)
+    assert run.rc != 0
+    # one figure for every rank of the fleet-wide all_reduce, below the threshold: it cannot say who
+    figures = {run.accel(host)["allreduce"]["busbw_gbps"] for host in HOSTS}
+    assert len(figures) == 1 and figures.pop() < MIN_BUSBW, figures
+    verdicts = {"devserver-1": "healthy", "devserver-2": "slow", "devserver-3": "healthy"}
+    for host in ("devserver-1", "devserver-3"):
+        assert run.recap[host]["failed"] == 0, run.play.tail()
+        accel = run.accel(host)
+        assert accel["verdict"] == "PASS" and accel["problems"] == [], accel["problems"]
+        assert accel["job_verdict"] == "FAIL"  # the fleet-wide run failed; this server is not the cause
+        assert accel["pairs"]["servers"] == verdicts and accel["pairs"]["slow"] == ["devserver-2"]
+        cell = run.host(host)["accel"]  # the report's cell: the bus bandwidth against its threshold
+        assert cell.startswith("PASS (cpu x1, matmul "), cell
+        assert re.search(rf"all_reduce busbw [\d.e-]+ GB/s \(min {MIN_BUSBW:g}\) over 3 procs", cell), cell
+        assert cell.endswith("; rerun by pairs: devserver-2 slow)"), cell
+
+    assert run.recap["devserver-2"]["failed"] == 1
+    message = run.failure("devserver-2")
+    assert message.startswith(
+        "devserver-2: accelerator check FAILED (slow server) over 3 server(s): devserver-2 is slow in every "
+        "pair it is in: devserver-1+devserver-2 "
+    ), message
+    assert "pairs without it pass: devserver-1+devserver-3 " in message
+    assert (
+        f"is below the minimum {MIN_BUSBW:g} GB/s; the rerun by pairs of servers names devserver-2" in message
+    )
+    accel = run.accel("devserver-2")
+    assert accel["verdict"] == "FAIL" and accel["pairs"]["servers"] == verdicts
+    # round 1: the first two servers (slow); round 2: devserver-2's partner with the one left (healthy), which
+    # clears both and leaves devserver-2 slow in every pair it is in; no third round is needed
+    rounds = [(r["round"], r["nodes"], r["passed"]) for r in accel["pairs"]["results"]]
+    assert rounds == [(1, ["devserver-1", "devserver-2"], False), (2, ["devserver-1", "devserver-3"], True)]
+    slow_pair, fast_pair = accel["pairs"]["results"]
+    assert slow_pair["busbw_gbps"] < MIN_BUSBW <= fast_pair["busbw_gbps"], accel["pairs"]["results"]
+    md = (run.play.run_dir / "report.md").read_text()
+    assert f"(min {MIN_BUSBW:g}) over 3 procs" in md
+    # the fault is cleared: the link is fast again for the modules after this one
+    qdisc = fleet.sh("devserver-2", "tc qdisc show dev eth0", check=True).stdout
+    assert "tbf" not in qdisc, qdisc

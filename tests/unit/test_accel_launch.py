@@ -329,11 +329,16 @@ def test_a_pass_with_a_failing_launcher_fails() -> None:
 
 def test_filters_adapt_ansible_values() -> None:
     fleet = _fleet(1)
-    plan = accel_filter.accel_check_plan(
-        fleet[0], fleet, "/tmp/s.py", "/tmp/s.json", "cpu", expect_devices="", timeout_s="60",
-        rdzv_timeout_s="30", collective_timeout_s="0", master_port="", matmul_size="0", allreduce_mb="4",
-    )  # fmt: skip
+    options = {
+        "script": "/tmp/s.py", "json_out": "/tmp/s.json", "expect_accelerator": "cpu", "expect_devices": "",
+        "timeout_s": "60", "rdzv_timeout_s": "30", "collective_timeout_s": "0", "master_port": "",
+        "matmul_size": "0", "allreduce_mb": "4", "min_tflops": "0", "min_busbw_gbs": "", "fault": None,
+    }  # fmt: skip
+    plan = accel_filter.accel_check_plan(fleet[0], fleet, options)
     assert plan["master_port"] == 29501 and plan["expected_devices"] == 8
+    assert "--min-busbw" not in _torchrun(plan) and "--min-tflops" not in _torchrun(plan)
+    with pytest.raises(ValueError, match="unknown allreduce_gb"):
+        accel_filter.launch_options({**options, "allreduce_gb": "1"})
     registered = {"rc": 0, "stdout": _stdout(_doc(_ranks())), "stderr": "", "delta": "0:01:02.500000"}
     outcome = accel_filter.accel_check_result(registered, "devserver-2", PLAN)
     assert outcome["report"]["run"]["seconds"] == 62.5

@@ -8,7 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llava_devserver.sim.faults import FAULT_KINDS, Fault, FaultError, apply_fault, parse_host_fault
+from llava_devserver.sim.faults import (
+    CLEARABLE,
+    FAULT_KINDS,
+    Fault,
+    FaultError,
+    apply_fault,
+    clear_fault,
+    parse_host_fault,
+)
 from llava_devserver.sim.inventory import LOG_STYLES
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -73,6 +81,11 @@ def register(subparsers: Any) -> None:
     fault = sim.add_parser("fault", help="inject faults into running servers")
     fault.add_argument("--name", default=DEFAULT_FLEET, help=f"fleet name (default {DEFAULT_FLEET})")
     fault.add_argument("faults", nargs="+", metavar="HOST:FAULT", help=fault_help)
+    fault.add_argument(
+        "--clear",
+        action="store_true",
+        help="take the faults back instead (only " + ", ".join(sorted(CLEARABLE)) + ")",
+    )
     fault.set_defaults(func=cmd_fault)
 
     images = sim.add_parser(
@@ -189,6 +202,10 @@ def cmd_fault(args: argparse.Namespace) -> int:
         if not containers:
             return _fail(f"no fleet {args.name!r}; start it with `llava-devserver sim up --name {args.name}`")
         faults = _parse_faults(args.faults, sorted(containers, key=lambda h: int(h.rsplit("-", 1)[1])))
+        kept = sorted({str(f) for fs in faults.values() for f in fs if f.kind not in CLEARABLE})
+        if args.clear and kept:
+            clearable = ", ".join(sorted(CLEARABLE))
+            raise FaultError(f"--clear: {', '.join(kept)} cannot be cleared (only {clearable})")
     except FaultError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except FleetError as exc:
@@ -196,8 +213,12 @@ def cmd_fault(args: argparse.Namespace) -> int:
     try:
         for host, host_faults in faults.items():
             for fault in host_faults:
-                apply_fault(containers[host], fault)
-                print(f"sim: {host}: {fault}")
+                if args.clear:
+                    clear_fault(containers[host], fault)
+                    print(f"sim: {host}: {fault} cleared")
+                else:
+                    apply_fault(containers[host], fault)
+                    print(f"sim: {host}: {fault}")
     except FaultError as exc:
         return _fail(str(exc))
     return EXIT_OK

@@ -20,6 +20,10 @@ inventory name (`devserver-2`), its number (`2`) or `all`.
   on an hce2 server: dnf's docker-engine, `docker.service` enabled and started by systemd.
 - `device-bound[=NPU]`: docker-preinstalled + a running container `other-user-job` that holds
   /dev/davinciNPU (default 0).
+- `accel-slow`: the server's link to the fleet network sends at most SLOW_LINK_RATE (a token bucket, `tc qdisc
+  ... tbf`, on its egress), as a server whose port fell back to a low rate: every collective it is in is slow,
+  on every rank of it (the others wait for its data), while SSH and Ansible stay usable. Not kept over a
+  restart of the server; `clear_fault` (`sim fault --clear`) removes it.
 - The NPUs' own network (`hccn_tool`, see sim/device_network.py): `hccn-link-down[=CARD]` (the card's
   port is DOWN), `hccn-no-ip[=CARD]`, `hccn-tls-on[=CARD]`, `hccn-dup-ip[=CARD]` (the device IP of the
   same card of the first server), `hccn-unhealthy[=CARD]` (net health Fault), `hccn-ping-loss=PCT`
@@ -63,6 +67,7 @@ FAULT_KINDS: dict[str, str] = {
     "ip-forward-0": "net.ipv4.ip_forward=0, also in /etc/sysctl.conf",
     "docker-preinstalled": "Docker installed and running with an Ascend-runtime daemon.json",
     "device-bound": "docker-preinstalled + container other-user-job holding /dev/davinciNPU (default 0)",
+    "accel-slow": "the server's fleet link sends slowly: every collective it is in is slow",
     **device_network.HCCN_FAULTS,
 }
 # Faults whose server is best started from the image with Docker already installed.
@@ -71,7 +76,17 @@ _NEEDS_VALUE = frozenset({"driver-version", "hccn-ping-loss"})
 _INT_VALUE = frozenset(
     {*HEALTH_FAULTS, "fewer-cards", "card-lost", "card-ecc", "device-bound", *device_network.HCCN_FAULTS}
 )
-_NO_VALUE = frozenset({"driver-missing", "npu-smi-8005", "ip-forward-0", "docker-preinstalled"})
+_NO_VALUE = frozenset({"driver-missing", "npu-smi-8005", "ip-forward-0", "docker-preinstalled", "accel-slow"})
+# Faults that `clear_fault` can take back from a running server.
+CLEARABLE = frozenset({"accel-slow"})
+# accel-slow: the egress rate of the server's fleet link. The simulated fleet's gloo all_reduce runs at about
+# 0.1 GB/s (3 servers on 2 shared cores); 40 Mbit/s (0.005 GB/s) is 20 times less, and a 4 MiB all_reduce
+# still takes about a second.
+SLOW_LINK_RATE = "40mbit"
+# Our qdisc's handle, so that clearing never removes one we did not add.
+SLOW_LINK_HANDLE = "1a5:"
+# The interface of the server's default route: its link to the fleet network.
+_FLEET_DEV = "dev=$(ip -o route show default | awk '{print $5; exit}'); dev=${dev:-eth0}"
 
 
 class FaultError(ValueError):
@@ -239,8 +254,32 @@ def apply_fault(container: Container, fault: Fault) -> None:
     elif fault.kind == "device-bound":
         _preinstall_docker(container)
         _bind_device(container, fault.npu)
+    elif fault.kind == "accel-slow":
+        run_in(container, slow_link_script(), "slowing the server's fleet link (tc)")
     else:  # parse_fault keeps this unreachable
         raise FaultError(f"unknown fault {fault}")
+
+
+def clear_fault(container: Container, fault: Fault) -> None:
+    """Take a fault back from a running simulated server (idempotent); only the CLEARABLE ones."""
+    if fault.kind not in CLEARABLE:
+        raise FaultError(
+            f"fault {fault} cannot be cleared on a running server (only {', '.join(sorted(CLEARABLE))}); "
+            "start a new fleet"
+        )
+    run_in(container, slow_link_script(clear=True), "restoring the server's fleet link (tc)")
+
+
+def slow_link_script(clear: bool = False) -> str:
+    """The shell that adds (or removes) accel-slow's token bucket on the server's fleet link."""
+    ours = f"tc qdisc show dev \"$dev\" | grep -q '^qdisc tbf {SLOW_LINK_HANDLE} root'"
+    if clear:
+        return f'{_FLEET_DEV}; if {ours}; then tc qdisc del dev "$dev" root; fi'
+    # burst: at least rate/HZ, or the bucket cannot reach its rate; latency bounds the queue.
+    return (
+        f'{_FLEET_DEV}; tc qdisc replace dev "$dev" root handle {SLOW_LINK_HANDLE} tbf rate {SLOW_LINK_RATE} '
+        f"burst 64kb latency 400ms && {ours}"
+    )
 
 
 DAEMON_JSON = {
