@@ -201,6 +201,16 @@ class Fleet:
     def inventory(self) -> Path:
         return self.dir / "devserver.ini"
 
+    @property
+    def ansible_env(self) -> dict[str, str]:
+        """The environment of every Ansible command against this fleet: the project's ansible.cfg and the
+        fleet's own fact cache (host names repeat across fleets and Molecule scenarios, their OS may not: a
+        cached `discovered_interpreter_python` of an hce2 server breaks a debian12 one of the same name)."""
+        return {
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(self.dir / ".facts"),
+        }
+
     def address(self, host: str) -> str:
         return self.addresses[host]
 
@@ -332,11 +342,7 @@ class Fleet:
                     )
                 )
 
-        fleet_env = {
-            # Each fleet has its own fact cache: host names repeat across fleets, their OS may not.
-            "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(self.dir / ".facts"),
-            "ANSIBLE_CALLBACKS_ENABLED": "llava_report",
-        }
+        fleet_env = self.ansible_env | {"ANSIBLE_CALLBACKS_ENABLED": "llava_report"}
         started = time.monotonic()
         run = runner.run_playbook(
             playbook,
@@ -357,8 +363,7 @@ class Fleet:
 
     def llava(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """The llava-devserver CLI, as a user runs it (a subprocess from the repository root)."""
-        env = os.environ | {"ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "LLAVA_RUN_DIR": ""}
-        env["ANSIBLE_CACHE_PLUGIN_CONNECTION"] = str(self.dir / ".facts")
+        env = os.environ | self.ansible_env | {"LLAVA_RUN_DIR": ""}
         return subprocess.run(
             [tool("llava-devserver"), *args], capture_output=True, text=True, timeout=timeout, check=False,
             cwd=REPO, env=env,

@@ -356,11 +356,7 @@ def test_interrupted_fanout_leaves_no_usable_key(fleet: harness.Fleet) -> None:
     # the seed's uplink slowed so that the copy lasts ~30 s (the control node's copy to it comes in, unshaped)
     kbit = max(64, size * 8 // 1000 // 30)
     fleet.sh(seed, f"tc qdisc replace dev eth0 root tbf rate {kbit}kbit burst 16kbit latency 2s", check=True)
-    env = os.environ | {
-        "ANSIBLE_CONFIG": str(harness.REPO / "ansible.cfg"),
-        "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(fleet.dir / ".facts"),
-        "LLAVA_RUN_DIR": str(fleet.dir / "runs" / "killed"),
-    }
+    env = os.environ | fleet.ansible_env | {"LLAVA_RUN_DIR": str(fleet.dir / "runs" / "killed")}
     log = (fleet.dir / "killed-workspace.log").open("w")
     play = subprocess.Popen(
         [harness.tool("ansible-playbook"), "-i", str(fleet.inventory),

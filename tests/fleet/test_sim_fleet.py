@@ -30,7 +30,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Fleet]:
 
 
 def test_ansible_pings_every_server_over_ssh(fleet: harness.Fleet) -> None:
-    env = os.environ | {"ANSIBLE_CONFIG": str(harness.REPO / "ansible.cfg")}
+    env = os.environ | fleet.ansible_env
     result = subprocess.run(
         [harness.tool("ansible"), "-i", str(fleet.inventory), "devservers", "-m", "ansible.builtin.ping"],
         capture_output=True, text=True, timeout=300, check=False, cwd=harness.REPO, env=env,
