@@ -25,14 +25,16 @@ tokenizers, shard indexes), their SHA-256. Large shards and the images are not r
 manifest records the fingerprint an asset had when it was verified, and `status` calls it verified only
 while the fingerprint is unchanged (and equal to the source's, when the role gives one).
 
-The manifest (`{state_dir}/assets-manifest.json`, state_dir being llava.state_dir) is honest: `verify`
-writes the outcome, good or bad, with the errors; `mark` records an asset that could not be staged (e.g.
-not enough space) as not verified. Writes are atomic (temporary file + rename).
+The manifest (`{host_state_dir}/assets-manifest.json`, host_state_dir being llava.host_state_dir, the
+root-only folder outside work_dir that the training container cannot reach) is honest: `verify` writes the
+outcome, good or bad, with the errors; `mark` records an asset that could not be staged (e.g. not enough
+space) as not verified. Writes are atomic (a fresh 0600 temporary file + rename).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -126,9 +128,12 @@ def write_entry(manifest_path: str, name: str, entry: dict[str, Any]) -> None:
     manifest["version"] = MANIFEST_VERSION
     manifest["assets"][name] = entry
     directory = os.path.dirname(manifest_path) or "."
-    os.makedirs(directory, exist_ok=True)
+    os.makedirs(directory, mode=0o700, exist_ok=True)  # root's own folder (the role creates it 0700)
     tmp = f"{manifest_path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(manifest, handle, indent=2, sort_keys=True)
         handle.write("\n")
     os.replace(tmp, manifest_path)

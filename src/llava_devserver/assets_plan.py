@@ -20,7 +20,7 @@ ORDER = ("images", "llm", "vision_tower", "pretrain_json")
 # Files up to this size are hashed into the fingerprint (configs, tokenizers, shard indexes); the shards,
 # the caption JSON and the images are compared by size and mtime only.
 HASH_SMALL = {"llm": 1 << 20, "vision_tower": 1 << 20, "pretrain_json": 0, "images": 0}
-# Under llava.state_dir on the server.
+# In the root-only llava.host_state_dir on the server (root's record: never where the container can write).
 MANIFEST = "assets-manifest.json"
 # The server-side helpers run as root: they live in a root-owned directory outside work_dir, never where the
 # training container can write (under work_dir they would be scripts the container user edits and root runs).
@@ -98,7 +98,7 @@ def plan(llava: Mapping[str, Any], control_fingerprints: Mapping[str, Any] | Non
     return {
         "assets": planned,
         "errors": errors,
-        "manifest": posixpath.join(str(llava["state_dir"]), MANIFEST),
+        "manifest": posixpath.join(str(llava["host_state_dir"]), MANIFEST),
         "helper_dir": HELPER_DIR,
     }
 

@@ -45,9 +45,17 @@ HCCN_TOOL = "/usr/local/Ascend/driver/tools/hccn_tool"  # the driver's tool for 
 # settings container_user / container_group.
 CONTAINER_USER = "ma-user"
 CONTAINER_GROUP = "ma-group"
-# Our state folder under work_dir on each server (job.json, logs, markers, the assets manifest and helpers);
-# roles get its path as llava.state_dir, server-side helpers as an argument.
+# Our state folder under work_dir on each server: the container's side (its user writes the job's logs there,
+# so the host side treats it as hostile); roles get its path as llava.state_dir, server-side helpers as an
+# argument.
 STATE_DIR_NAME = ".llava-devserver"
+# What root on the host keeps for itself (the job record and its lock, the workspace markers, the assets
+# manifest, the last accelerator check, fetched logs): a root-only (0700) folder per training container,
+# outside every bind mount, which the container can neither read nor replace. Roles get its path as
+# llava.host_state_dir (HOST_STATE_ROOT/<container_name>); jobstate.py keeps the same default for its CLI.
+HOST_STATE_ROOT = "/var/lib/llava-devserver"
+# Tests on one machine only: another root (the same variable as jobstate.STATE_ROOT_ENV).
+HOST_STATE_ROOT_ENV = "LLAVA_DEVSERVER_STATE_ROOT"
 DEFAULT_TRAIN_ENV: dict[str, str] = {
     "HCCL_CONNECT_TIMEOUT": "1200",
     "TASK_QUEUE_ENABLE": "1",
@@ -166,11 +174,29 @@ def home_of(user: str) -> str:
 CONTAINER_WORK_DIR = f"{home_of(CONTAINER_USER)}/ws"
 
 
+def host_state_root() -> str:
+    """The root of the root-only folders on the servers (HOST_STATE_ROOT; another one in tests)."""
+    return pathrules.normalize(os.environ.get(HOST_STATE_ROOT_ENV) or HOST_STATE_ROOT)
+
+
+def host_state_dir(container_name: str) -> str:
+    """llava.host_state_dir: the root-only folder of the training container `container_name`."""
+    return f"{host_state_root()}/{container_name}"
+
+
 def check_workspace_path(value: str, *, container_user: str | None = None) -> str:
     """work_dir, or with container_user container_work_dir, normalized: absolute, no `..`, no system
-    directory, in the container not that user's home (pathrules)."""
+    directory, in the container not that user's home (pathrules); work_dir never near the root-only state."""
     if container_user is None:
-        return pathrules.check_workspace_path(value)
+        path = pathrules.check_workspace_path(value)
+        root = host_state_root()
+        if pathrules.overlap(path, root):
+            raise ValueError(
+                f"{pathrules.shown(value, path)} overlaps {root}, where llava-devserver keeps its root-only "
+                "state on the server (the training container must not reach it); use a directory of its own "
+                "such as /data/llava"
+            )
+        return path
     return pathrules.check_workspace_path(value, home=home_of(container_user), user=container_user)
 
 
@@ -412,7 +438,8 @@ class Settings(BaseModel):
     work_dir: str = Field(
         "/data/llava-devserver",
         description="Directory on the server mounted into the container (the guide's work_dir); never a "
-        "system directory (/, /etc, /usr/local/Ascend, /var/lib/docker, /root, ...; //etc is /etc).",
+        "system directory (/, /etc, /usr/local/Ascend, /var/lib/docker, /root, ...; //etc is /etc), nor "
+        f"near {HOST_STATE_ROOT}, where the tool keeps its root-only state.",
         json_schema_extra=_scope("fleet"),
     )
     container_user: str = Field(
@@ -1052,6 +1079,7 @@ class HostSettings(BaseModel):
             "container_user": s.container_user,
             "container_group": s.container_group,
             "state_dir": f"{s.work_dir}/{STATE_DIR_NAME}",
+            "host_state_dir": host_state_dir(s.container_name),
             "container_name": s.container_name,
             "container_image": s.container_image,
             "container_image_archive": s.container_image_archive,

@@ -14,7 +14,8 @@ to each server and runs it there as root with whatever `python3` the server has:
     python3 jobstate.py install WHERE --tree L --manifest FILE --owner UID:GID [--backup-suffix .orig]
                                       [--check]
 
-WHERE is `--work-dir W --container-work-dir C --state-dir S --container NAME` (S: llava.state_dir).
+WHERE is `--work-dir W --container-work-dir C --state-dir S --container NAME [--host-state-dir H]`
+(S: llava.state_dir; H: llava.host_state_dir, by default /var/lib/llava-devserver/NAME).
 
 Each but `log` prints ONE JSON object with `llava_progress` (Contract 6 of docs/architecture.md: the live
 display reads it) and `job` (the state file as it now is), exits 0, or 1 with `{"error": "..."}` when it
@@ -22,8 +23,9 @@ cannot; `log` prints the log itself (exit 3: no job, 1: an error on stderr).
 
 Two folders, because the training container is not trusted (its user can write all of work_dir):
 
-- The state file `job.json` and its lock live in `/var/lib/llava-devserver/<container>/` on the host, a
-  root-only (0700) folder outside every bind mount: the container can neither read nor replace them.
+- The state file `job.json` and its lock live in H (`/var/lib/llava-devserver/<container>/` on the host,
+  llava.host_state_dir), a root-only (0700) folder outside every bind mount: the container can neither read
+  nor replace them (the roles keep their markers and the assets manifest there too).
   It holds `state` (running, finished, failed, stopped), `pid` (inside the container, of a wrapper started
   with setsid, so it leads the job's process group), `log` (host path of this node's log), `node_rank`,
   `container`, `started_at`/`updated_at`/`finished_at`, `exit_code`, the last progress (`step`,
@@ -67,8 +69,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 UTC = timezone.utc  # noqa: UP017 (datetime.UTC is 3.11+; servers run 3.7 and newer)
+# The default of --host-state-dir's parent, and another root for tests on one machine: config.HOST_STATE_ROOT
+# and config.HOST_STATE_ROOT_ENV (the roles pass llava.host_state_dir).
 STATE_ROOT = "/var/lib/llava-devserver"  # root-only, on the host, outside every bind mount
-STATE_ROOT_ENV = "LLAVA_DEVSERVER_STATE_ROOT"  # another root for tests on one machine
+STATE_ROOT_ENV = "LLAVA_DEVSERVER_STATE_ROOT"
 STATE_NAME = "job.json"
 LOCK_NAME = "job.lock"
 LOG_DIR = "logs"
@@ -196,12 +200,22 @@ def state_root() -> str:
     return os.environ.get(STATE_ROOT_ENV) or STATE_ROOT
 
 
+def _outside(path: str, base: str) -> bool:
+    """Neither is the other nor inside it (normalized absolute paths)."""
+    return path != base and not path.startswith(base.rstrip("/") + "/") and not base.startswith(path + "/")
+
+
 class Paths:
     """Where the job's files are: the root-only state on the host, the log in the container-writable
     state folder (host and container paths)."""
 
     def __init__(
-        self, work_dir: str, container_work_dir: str, state_dir: str, container: str = "llava-pretrain"
+        self,
+        work_dir: str,
+        container_work_dir: str,
+        state_dir: str,
+        container: str = "llava-pretrain",
+        host_state_dir: str | None = None,
     ) -> None:
         if not CONTAINER_NAME.fullmatch(container):
             raise ValueError(f"container name {container!r}: expected letters, digits, '_', '.', '-'")
@@ -210,8 +224,14 @@ class Paths:
         self.state_dir = os.path.normpath(state_dir)  # container-writable (llava.state_dir)
         self.in_container(self.state_dir)  # ValueError unless under work_dir: the container must see the logs
         self.log_dir = os.path.join(self.state_dir, LOG_DIR)  # container-writable
-        self.private_root = state_root()
-        self.private_dir = os.path.join(self.private_root, container)  # root-only
+        # root-only (llava.host_state_dir): never under work_dir, which the container can write
+        private = os.path.normpath(host_state_dir or os.path.join(state_root(), container))
+        if not os.path.isabs(private) or private == os.sep or not _outside(private, self.work_dir):
+            raise ValueError(
+                f"host state folder {private}: expected an absolute folder outside work_dir {self.work_dir}"
+            )
+        self.private_dir = private
+        self.private_root = os.path.dirname(private)
         self.state_file = os.path.join(self.private_dir, STATE_NAME)
         self.lock_file = os.path.join(self.private_dir, LOCK_NAME)
         self.fetch_file = os.path.join(self.private_dir, FETCH_NAME)
@@ -1216,6 +1236,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--container-work-dir", required=True)
         p.add_argument("--state-dir", required=True, help="our state folder under work_dir (llava.state_dir)")
         p.add_argument("--container", required=True)
+        p.add_argument(
+            "--host-state-dir", default=None, help="root-only folder of the job record (llava.host_state_dir)"
+        )
         p.add_argument("--docker", default="docker")
         p.add_argument("--check", action="store_true", help="say what would be done, change nothing")
         if name == "plan":
@@ -1254,7 +1277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     now = datetime.now(UTC)
     try:
-        paths = Paths(args.work_dir, args.container_work_dir, args.state_dir, args.container)
+        paths = Paths(
+            args.work_dir, args.container_work_dir, args.state_dir, args.container, args.host_state_dir
+        )
         container = Container(args.container, args.docker)
         if args.command == "log":
             try:

@@ -51,9 +51,9 @@ def test_images_zip_is_unpacked_once_and_verified(fleet: harness.Fleet) -> None:
     run = fleet.run_play("validate", "workspace")
     assert run.rc == 0, run.tail()
     for host in HOSTS:
-        entries = json.loads(fleet.read(host, "/data/llava-devserver/.llava-devserver/assets-manifest.json"))[
-            "assets"
-        ]
+        entries = json.loads(
+            fleet.read(host, "/var/lib/llava-devserver/llava-pretrain/assets-manifest.json")
+        )["assets"]
         images = entries["images"]["path"]
         assert entries["images"]["ok"] and entries["pretrain_json"]["ok"], (host, entries)
         # the caption file's images are there, unpacked from the zip (the JSON check sampled them)

@@ -10,7 +10,10 @@ test_role_train; two of its servers as a 2-node job through an inventory subset)
    folder's entries, plus the temporary names the host side used to use and a job.json whose log names a
    victim; on devserver-2 the state folder itself). Then train, status, logs, train_stop and down run: no
    victim changes owner, mode or content, none is printed or fetched, and each run works or fails saying
-   the state folder was tampered with.
+   the state folder was tampered with. The workspace (llava_workspace, llava_assets: site.yml's workspace
+   play) runs first and works: root's markers and the assets manifest live in the root-only
+   llava.host_state_dir, so links in place of their old names (package.json, build-<commit>.ok,
+   assets-manifest.json) or of the whole state folder are never followed.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 import pytest
 
 import harness
+from llava_devserver.sim.standin import LLAVA_TRAIN_COMMIT
 
 pytestmark = pytest.mark.fleet
 
@@ -33,6 +37,9 @@ CONTAINER = "llava-pretrain"
 WORK_DIR = "/data/llava-devserver"
 STATE = f"{WORK_DIR}/.llava-devserver"
 STATE_IN_CONTAINER = "/home/ma-user/ws/.llava-devserver"
+HOST_STATE = f"/var/lib/llava-devserver/{CONTAINER}"  # llava.host_state_dir: root's own, root-only
+# Where the workspace and assets roles used to keep root's markers and manifest (in the state folder).
+OLD_MARKERS = f"package.json build-{LLAVA_TRAIN_COMMIT}.ok assets-manifest.json"
 VICTIMS = "/root/llava-victims"  # on the server (host), root-only
 SECRET = "SECRET-VICTIM-"
 TAMPERED = "was tampered with"
@@ -140,7 +147,7 @@ cd /home/ma-user/ws
 mv .llava-devserver .llava-devserver.real
 mkdir .llava-devserver
 i=1
-for name in $(ls -A .llava-devserver.real) job.lock job.json.tmp fetched-train.log; do
+for name in $(ls -A .llava-devserver.real) job.lock job.json.tmp fetched-train.log {OLD_MARKERS}; do
   [ -e ".llava-devserver/$name" ] || [ -L ".llava-devserver/$name" ] && continue
   if [ -d ".llava-devserver.real/$name" ]; then ln -s {VICTIMS} ".llava-devserver/$name"
   else ln -s "{VICTIMS}/v$(( (i % 6) + 1 ))" ".llava-devserver/$name"; fi
@@ -194,6 +201,19 @@ def hostile(job: Job) -> Iterator[dict[str, str]]:
 
 def test_a_hostile_container_reaches_no_root_file(job: Job, hostile: dict[str, str]) -> None:
     shown: list[str] = []
+    markers = job.sim.sh("devserver-1", f"cd {STATE} && stat -c '%N' {OLD_MARKERS}").stdout
+    assert markers.count(f"-> '{VICTIMS}/v") == 3, markers  # the old names are links to victims
+
+    # The workspace play (llava_workspace, llava_assets) reads and writes only root's own folder: it works,
+    # changes nothing, and no link of the container's is followed.
+    workspace = job.play("validate", "workspace", name="hostile-workspace")
+    shown += _run_texts(workspace)
+    workspace.assert_ok(*HOSTS)
+    assert workspace.changed == {}, workspace.changed
+    for host in HOSTS:
+        assert job.sim.sh(host, VICTIM_STATE, check=True).stdout == hostile[host], f"{host}: a victim changed"
+        owners = job.sim.sh(host, f"stat -c '%u %a' {HOST_STATE} {HOST_STATE}/package.json").stdout
+        assert owners.split() == ["0", "700", "0", "600"], (host, owners)
 
     train = job.play("validate", "train", extravars=WAIT, name="hostile-train")
     shown += _run_texts(train)

@@ -40,7 +40,7 @@ pytestmark = pytest.mark.fleet
 HOSTS = ("devserver-1", "devserver-2", "devserver-3")
 CONTAINER = "llava-pretrain"
 WORK_DIR = "/data/llava-devserver"
-MANIFEST = f"{WORK_DIR}/.llava-devserver/assets-manifest.json"
+MANIFEST = f"/var/lib/llava-devserver/{CONTAINER}/assets-manifest.json"  # llava.host_state_dir, root-only
 METADATA = "169.254.169.254"
 METADATA_V6 = "fd00:ec2::254"
 TOKEN = "hf_SecrolesFleetToken0123456789abcdef"
@@ -312,7 +312,7 @@ def test_rerun_with_a_changed_daemon_json_leaves_the_running_job_alone(fleet: ha
         assert rerun.outcome(host, "Write the merged daemon configuration") == "skipped"
         assert rerun.outcome(host, "Restart the detached dockerd") in (None, "skipped")
 
-        last_file = f"/var/lib/llava-devserver/_accel_check/{CONTAINER}.json"
+        last_file = f"/var/lib/llava-devserver/{CONTAINER}/accel-check.json"  # in llava.host_state_dir
         had_result = fleet.sh(host, f"test -s {last_file}").returncode == 0
         for force in (False, True):
             accel = run(

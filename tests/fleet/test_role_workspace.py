@@ -31,7 +31,8 @@ pytestmark = pytest.mark.fleet
 
 HOSTS = ["devserver-1", "devserver-2", "devserver-3"]
 WORK = "/data/llava-devserver"
-STATE = f"{WORK}/.llava-devserver"
+CONTAINER_STATE = f"{WORK}/.llava-devserver"  # the container's (the job's logs): nothing of root's in it
+STATE = "/var/lib/llava-devserver/llava-pretrain"  # llava.host_state_dir: root's markers and manifest
 MANIFEST = f"{STATE}/assets-manifest.json"
 HELPERS = "/usr/local/lib/llava-devserver"  # root-owned, outside work_dir
 COMMIT_DIR = f"{WORK}/multimodal_algorithm/LLAVA/llava-train/{LLAVA_TRAIN_COMMIT}"
@@ -74,6 +75,17 @@ def assert_workspace(fleet: harness.Fleet, host: str) -> None:
     lines = tree.stdout.splitlines()
     assert lines[0] == "ma-user:ma-group", lines
     assert len(lines) == 2, f"{host}: files not owned by ma-user: {lines[2:]}"
+    # root's markers and manifest: root-only, outside work_dir; none in the container's state folder
+    owners = fleet.sh(host,
+        f"stat -c '%n %u %a' {STATE} {STATE}/package.json {STATE}/build-{LLAVA_TRAIN_COMMIT}.ok {MANIFEST}"
+        f" && ls -A {CONTAINER_STATE} 2>/dev/null | grep -v '^logs$' || true",
+    )  # fmt: skip
+    assert owners.stdout.splitlines() == [
+        f"{STATE} 0 700",
+        f"{STATE}/package.json 0 600",
+        f"{STATE}/build-{LLAVA_TRAIN_COMMIT}.ok 0 600",
+        f"{MANIFEST} 0 600",
+    ], f"{host}: {owners.stdout}{owners.stderr}"
 
 
 def assert_assets_verified(fleet: harness.Fleet, host: str) -> None:

@@ -51,6 +51,7 @@ def llava(**assets: dict[str, Any]) -> dict[str, Any]:
         "ansible_host": "10.0.0.1",
         "work_dir": "/data/llava-devserver",
         "state_dir": "/data/llava-devserver/.llava-devserver",
+        "host_state_dir": "/var/lib/llava-devserver/llava-pretrain",
         "container_work_dir": "/home/ma-user/ws",
         "assets": {
             name: {"source": "none", "path": None, "repo_id": None, "revision": "main", "repo_type": "model",
@@ -325,7 +326,8 @@ def test_plan(assets: dict[str, Path]) -> None:
         == am.fingerprint(str(assets["llm"]), ap.HASH_SMALL["llm"])["digest"]
     )
     assert data["image_root"] == "/data/llava-devserver/sim-assets/images" and not data["is_dir"]
-    assert plan["manifest"] == "/data/llava-devserver/.llava-devserver/assets-manifest.json"
+    # root's record: in the root-only folder, never in the container-writable state folder
+    assert plan["manifest"] == "/var/lib/llava-devserver/llava-pretrain/assets-manifest.json"
 
     outside = llava(llm={"source": "server", "path": "/mnt/llm"})
     outside["assets"]["llm"]["dest"] = "/opt/llm"

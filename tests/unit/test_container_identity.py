@@ -44,6 +44,7 @@ def test_defaults_are_the_vendor_image_user_and_our_state_folder(package: str) -
     assert (CONTAINER_USER, CONTAINER_GROUP, STATE_DIR_NAME) == ("ma-user", "ma-group", ".llava-devserver")
     assert llava["container_user"] == "ma-user" and llava["container_group"] == "ma-group"
     assert llava["state_dir"] == "/data/llava-devserver/.llava-devserver"
+    assert llava["host_state_dir"] == "/var/lib/llava-devserver/llava-pretrain"
     assert llava["container_work_dir"] == "/home/ma-user/ws"
 
 

@@ -237,10 +237,12 @@ def test_ssh_argv_uses_the_inventory_connection() -> None:
         "container_work_dir": "/home/ma-user/ws",
         "state_dir": "/data/w/.llava-devserver",
         "container_name": "c",
+        "host_state_dir": "/var/lib/llava-devserver/c",
     }
     assert remote_log_command(settings, 5, follow=True) == (
         "python3 - log --work-dir /data/w --container-work-dir /home/ma-user/ws"
-        " --state-dir /data/w/.llava-devserver --container c -n 5 --follow"
+        " --state-dir /data/w/.llava-devserver --container c --host-state-dir /var/lib/llava-devserver/c"
+        " -n 5 --follow"
     )
 
 

@@ -59,6 +59,7 @@ def workspace(tmp_path: Path) -> tuple[Path, dict[Path, bytes]]:
 def run_unpack(tmp_path: Path, work: Path, package: Path) -> subprocess.CompletedProcess[str]:
     """unpack.yml with the facts main.yml computes before it (its own set_fact, copy and owner steps)."""
     shutil.copy(package, work / package.name)
+    (tmp_path / "host-state").mkdir(mode=0o700, exist_ok=True)  # main.yml creates llava.host_state_dir
     roles = tmp_path / "roles"
     role = roles / "llava_workspace"
     role.mkdir(parents=True)
@@ -84,8 +85,8 @@ def run_unpack(tmp_path: Path, work: Path, package: Path) -> subprocess.Complete
         "llava_workspace_package_path": str(work / package.name),
         "llava_workspace_outer_dir": str(work / stem),
         "llava_workspace_commit_host_dir": str(work / LLAVA_TRAIN_DIR),
-        "llava_workspace_build_marker": str(work / STATE_DIR_NAME / "build.ok"),
-        "llava_workspace_unpack_marker": str(work / STATE_DIR_NAME / "package.json"),
+        "llava_workspace_build_marker": str(tmp_path / "host-state" / "build.ok"),
+        "llava_workspace_unpack_marker": str(tmp_path / "host-state" / "package.json"),
         "llava_workspace_copy": {"checksum": "0" * 40},
         "llava_workspace_uid": os.getuid(),
         "llava_workspace_gid": os.getgid(),
@@ -120,7 +121,11 @@ def test_the_stand_in_package_syncs_only_its_directory(tmp_path: Path) -> None:
     assert result.returncode == 0, output
     assert (work / LLAVA_TRAIN_DIR / "build.sh").is_file()
     assert not stale.exists()
-    assert json.loads((work / STATE_DIR_NAME / "package.json").read_text())["inner"] == aigc_zip_name()
+    # the marker is root's record: in the root-only folder (llava.host_state_dir), not in the state folder
+    marker = tmp_path / "host-state" / "package.json"
+    assert json.loads(marker.read_text())["inner"] == aigc_zip_name()
+    assert marker.stat().st_mode & 0o777 == 0o600
+    assert not (work / STATE_DIR_NAME / "package.json").exists()
     assert_untouched(files)
 
 

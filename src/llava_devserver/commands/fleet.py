@@ -571,6 +571,7 @@ def remote_log_command(settings: Mapping[str, Any], lines: int, follow: bool, wh
     argv = [SERVER_PYTHON, "-", what, "--work-dir", str(settings["work_dir"])]
     argv += ["--container-work-dir", str(settings["container_work_dir"])]
     argv += ["--state-dir", str(settings["state_dir"]), "--container", str(settings["container_name"])]
+    argv += ["--host-state-dir", str(settings["host_state_dir"])]
     argv += ["-n", str(int(lines))] + (["--follow"] if follow else []) if what == "log" else ["--lines", "0"]
     return shlex.join(argv)
 

@@ -79,6 +79,7 @@ def llava_pretrain_state_file(llava: Mapping[str, Any]) -> str:
         str(llava["container_work_dir"]),
         str(llava["state_dir"]),
         str(llava["container_name"]),
+        str(llava["host_state_dir"]),
     ).state_file
 
 
