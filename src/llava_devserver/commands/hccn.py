@@ -16,48 +16,20 @@ import sys
 from typing import Any
 
 from llava_devserver import hccn
-
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+from llava_devserver.commands.tool_output import EXIT_INVALID, EXIT_OK, EXIT_USAGE, read_input, register_parse
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "hccn",
+    register_parse(
+        subparsers, "hccn", tool="hccn_tool", doc=__doc__, run=run_parse,
         help="parse hccn_tool output (the NPUs' own network: device IP, link, health, TLS, ping)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    actions = parser.add_subparsers(dest="hccn_command", metavar="ACTION")
-    parse = actions.add_parser(
-        "parse",
-        help="parse one hccn_tool -i N output (kind auto-detected)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parse.add_argument("file", nargs="?", default="-", metavar="FILE", help="hccn_tool output; - for stdin")
-    parse.add_argument("--json", action="store_true", help="print the parsed result as JSON")
-    parse.set_defaults(func=run_parse)
-    parser.set_defaults(func=lambda _args: _usage(parser))
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
-
-
-def _read(source: str) -> str:
-    if source == "-":
-        return sys.stdin.read()
-    with open(source, encoding="utf-8", errors="replace") as handle:
-        return handle.read()
+        parse_help="parse one hccn_tool -i N output (kind auto-detected)",
+    )  # fmt: skip
 
 
 def run_parse(args: argparse.Namespace) -> int:
-    name = "stdin" if args.file == "-" else args.file
-    try:
-        text = _read(args.file)
-    except OSError as exc:
-        print(f"hccn parse: cannot read {name}: {exc.strerror or exc}", file=sys.stderr)
+    name, text = read_input("hccn", args.file)
+    if text is None:
         return EXIT_USAGE
     try:
         result = hccn.parse_hccn(text)

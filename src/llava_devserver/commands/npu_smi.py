@@ -14,48 +14,20 @@ import sys
 from typing import Any
 
 from llava_devserver import npu_smi
-
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+from llava_devserver.commands.tool_output import EXIT_INVALID, EXIT_OK, EXIT_USAGE, read_input, register_parse
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "npu-smi",
+    register_parse(
+        subparsers, "npu-smi", tool="npu-smi", doc=__doc__, run=run_parse,
         help="parse npu-smi output (info, info -l, info -t board)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    actions = parser.add_subparsers(dest="npu_smi_command", metavar="ACTION")
-    parse = actions.add_parser(
-        "parse",
-        help="parse one npu-smi output (kind auto-detected)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parse.add_argument("file", nargs="?", default="-", metavar="FILE", help="npu-smi output; - for stdin")
-    parse.add_argument("--json", action="store_true", help="print the parsed result as JSON")
-    parse.set_defaults(func=run_parse)
-    parser.set_defaults(func=lambda _args: _usage(parser))
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
-
-
-def _read(source: str) -> str:
-    if source == "-":
-        return sys.stdin.read()
-    with open(source, encoding="utf-8", errors="replace") as handle:
-        return handle.read()
+        parse_help="parse one npu-smi output (kind auto-detected)",
+    )  # fmt: skip
 
 
 def run_parse(args: argparse.Namespace) -> int:
-    name = "stdin" if args.file == "-" else args.file
-    try:
-        text = _read(args.file)
-    except OSError as exc:
-        print(f"npu-smi parse: cannot read {name}: {exc.strerror or exc}", file=sys.stderr)
+    name, text = read_input("npu-smi", args.file)
+    if text is None:
         return EXIT_USAGE
     try:
         result = npu_smi.parse_npu_smi(text)
