@@ -9,28 +9,16 @@ from typing import Any
 
 import pytest
 
+from fleet_settings import llava_of
 from llava_devserver import jobstate
 from llava_devserver.config import (
     CONTAINER_GROUP,
     CONTAINER_USER,
     STATE_DIR_NAME,
     FleetValidationError,
-    validate_fleet,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def package(tmp_path: Path) -> str:
-    path = tmp_path / "AscendCloud-6.3.906-20240618153000.zip"
-    path.write_bytes(b"PK")
-    return str(path)
-
-
-def llava_of(package: str, **settings: Any) -> dict[str, Any]:
-    raw = {"ds-0": {"ansible_host": "10.0.0.1", "ascendcloud_package": package, **settings}}
-    return validate_fleet(raw).hosts[0].to_vars()
 
 
 def errors_of(package: str, **settings: Any) -> list[str]:

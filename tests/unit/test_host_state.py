@@ -11,10 +11,10 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from fleet_settings import llava_of
 from llava_devserver import assets_manifest, assets_plan, jobstate
 from llava_devserver.ansible_plugins.filter.llava_pretrain import llava_pretrain_state_file
 from llava_devserver.commands.fleet import remote_log_command
@@ -22,22 +22,9 @@ from llava_devserver.config import (
     HOST_STATE_ROOT,
     HOST_STATE_ROOT_ENV,
     FleetValidationError,
-    validate_fleet,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def package(tmp_path: Path) -> str:
-    path = tmp_path / "AscendCloud-6.3.906-20240618153000.zip"
-    path.write_bytes(b"PK")
-    return str(path)
-
-
-def llava_of(package: str, **settings: Any) -> dict[str, Any]:
-    raw = {"ds-0": {"ansible_host": "10.0.0.1", "ascendcloud_package": package, **settings}}
-    return validate_fleet(raw).hosts[0].to_vars()
 
 
 def test_the_llava_dict_names_the_root_only_folder_of_its_container(
