@@ -116,7 +116,7 @@ def test_passes_on_three_servers_with_figures(fleet: harness.Fleet) -> None:
         # check itself: ok)
         assert run.play.changed[host] == [
             "accel_check : Copy accel_check.py into the training container",
-            "accel_check : Create the root-only directory of the last results",
+            "accel_check : Create the root-only directory of the last result",
         ], run.play.changed[host]
     first = run.accel("devserver-1")
     assert first["run"]["master_addr"] != "127.0.0.1"  # the servers met at the first one's address
