@@ -60,17 +60,18 @@ def named_tasks(path: Path) -> Iterator[tuple[int, str, bool]]:
     """(line, task name, used as a prefix) for every task a fleet test names: the name argument of
     outcome()/outcomes(), and every "role : task" string."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    prefixes = set()
+    prefixes: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             args = [a for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
             if node.func.attr == "startswith":
                 prefixes.update(id(a) for a in args)
             elif node.func.attr in ("outcome", "outcomes") and args:
-                yield node.lineno, args[-1].value, False
+                yield node.lineno, str(args[-1].value), False
     for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and LABEL.match(node.value):
-            yield node.lineno, node.value, id(node) in prefixes
+        text = node.value if isinstance(node, ast.Constant) else None
+        if isinstance(text, str) and LABEL.match(text):
+            yield node.lineno, text, id(node) in prefixes
 
 
 def test_the_scan_finds_the_names_of_the_fleet_tests() -> None:
