@@ -805,7 +805,7 @@ class Settings(BaseModel):
     def _package(cls, value: str) -> str:
         if not value.endswith(".zip"):
             raise ValueError(f"{value!r} must be the AscendCloud-*.zip package")
-        # Its name, less .zip, names the folder in work_dir that it is unpacked into.
+        # Its name, less .zip, names the folder it is unpacked into (llava_workspace, root-only).
         name = PurePosixPath(pathrules.normalize(value)).name
         if not _PACKAGE_NAME.fullmatch(name):
             raise ValueError(

@@ -5,8 +5,8 @@ to each server (ansible.builtin.script) and runs it there as root with the serve
 
     python3 package_unpack.py plan --zip Z --label NAME [--inner-pattern RE] [--state-dir-name NAME]
                                    [--reserve NAME ...] [--protect JSON] [--keep PATTERN ...]
-    python3 package_unpack.py sync --staging S --work-dir W [--state-dir-name NAME] [--keep PATTERN ...]
-                                   DIR [DIR ...]
+    python3 package_unpack.py sync --staging S --work-dir W --owner UID:GID [--state-dir-name NAME]
+                                   [--keep PATTERN ...] DIR [DIR ...]
 
 `plan` reads the zip's member names (nothing is extracted) and prints ONE JSON object: `directories` (the
 top-level directories, the only things that are synced), `files` (top-level files: left in staging),
@@ -18,6 +18,12 @@ whose sync would delete a protected path (output_dir, an asset) that no --keep p
 
 `sync` runs `rsync -a --delete` from STAGING/DIR/ to WORK_DIR/DIR/ for each DIR: a DIR is one plain name,
 so the `--delete` never reaches work_dir itself; a DIR whose source or destination is a symlink is refused.
+STAGING is root's (never below work_dir). Everything below work_dir belongs to the training container's user,
+who may swap any of it for a link at any moment, so the side of rsync that writes there does not run as root:
+rsync's receiver is started through this script's `receive-as UID:GID` (as rsync's remote shell, the way
+`--rsync-path="sudo rsync"` is used the other way round), which drops to the workspace owner before it runs
+`rsync --server`. A link the container planted then leads the writes only where that user could write anyway,
+and what is synced belongs to that user as the guide's `chown -R` wants.
 """
 
 from __future__ import annotations
@@ -154,35 +160,107 @@ def _plain_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and not _control_problem(name)
 
 
+def _owner(text: str) -> tuple[int, int]:
+    """UID:GID, both numbers."""
+    uid, sep, gid = text.partition(":")
+    if not (sep and uid.isdigit() and gid.isdigit()):
+        raise UnpackError(f"owner {text!a} is not UID:GID")
+    return int(uid), int(gid)
+
+
 def sync_argv(
-    staging: str, work_dir: str, name: str, keep: Sequence[str] = (), state_dir_name: str | None = None
+    staging: str,
+    work_dir: str,
+    name: str,
+    owner: str,
+    keep: Sequence[str] = (),
+    state_dir_name: str | None = None,
 ) -> list[str]:
-    """`rsync -a --delete STAGING/NAME/ WORK_DIR/NAME/`: NAME one plain name, so never work_dir itself
-    (nor our state folder)."""
+    """`rsync -a --delete STAGING/NAME/ WORK_DIR/NAME/`, the receiver as OWNER: NAME one plain name, so never
+    work_dir itself (nor our state folder)."""
     if not _plain_name(name) or name == state_dir_name:
         raise UnpackError(f"refusing to sync {name!a}: not one plain directory name")
+    uid, gid = _owner(owner)
     excludes = ["--exclude=" + pattern for pattern in keep]
     source = os.path.join(staging, name) + "/"
     dest = os.path.join(work_dir, name) + "/"
-    return ["rsync", "-a", "--delete", *excludes, "--", source, dest]
+    # -e: the receiver's "remote shell" is this script dropping to OWNER; -s: the paths travel inside rsync's
+    # protocol, not on the receiver's command line (no shell quoting of either side in between)
+    receiver = f"{sys.executable} {os.path.abspath(__file__)} receive-as {uid}:{gid}"
+    return [
+        "rsync", "-a", "--no-owner", "--no-group", "--delete", "--protect-args", *excludes,
+        "--rsh", receiver, "--", source, f"{RECEIVER_HOST}:{dest}",
+    ]  # fmt: skip
+
+
+RECEIVER_HOST = "localhost"  # what rsync hands its remote shell as the host; receive-as checks it
+
+
+def receive_as(owner: str, argv: Sequence[str], execvp: Callable[..., Any] = os.execvp) -> None:
+    """rsync's remote shell for `sync`: become OWNER (no supplementary groups), then run the receiver.
+
+    rsync calls it as `receive-as UID:GID localhost rsync --server ...`; anything else is refused.
+    """
+    uid, gid = _owner(owner)
+    command = list(argv)
+    if command[:1] != [RECEIVER_HOST] or command[1:3] != ["rsync", "--server"]:
+        raise UnpackError(f"receive-as runs only an rsync receiver, not {' '.join(command)[:80]!a}")
+    if (os.getuid(), os.getgid()) != (uid, gid):
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    execvp("rsync", command[1:])
+
+
+def _root_only(staging: str, work_dir: str) -> None:
+    """The staging folder is root's: no link on its way, owned by root, outside work_dir."""
+    real_work = os.path.realpath(work_dir)
+    real_staging = os.path.realpath(staging)
+    if real_staging != os.path.abspath(staging):
+        raise UnpackError(f"refusing to sync from {staging}: a link on its way leads to {real_staging}")
+    if real_staging == real_work or real_staging.startswith(real_work + "/"):
+        raise UnpackError(f"refusing to sync from {staging}: it is in work_dir, where the container writes")
+    if os.lstat(staging).st_uid != os.getuid():
+        raise UnpackError(f"refusing to sync from {staging}: it is not owned by uid {os.getuid()}")
+
+
+def _reachable_by(path: str, uid: int, gid: int) -> None:
+    """The owner the receiver runs as can walk to PATH (each folder above it lets uid:gid through)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while True:
+        info = os.stat(folder)
+        if info.st_uid == uid:
+            allowed = info.st_mode & stat.S_IXUSR
+        elif info.st_gid == gid:
+            allowed = info.st_mode & stat.S_IXGRP
+        else:
+            allowed = info.st_mode & stat.S_IXOTH
+        if not allowed and uid != 0:
+            raise UnpackError(
+                f"the workspace owner {uid}:{gid} cannot reach {path}: {folder} is mode "
+                f"{stat.S_IMODE(info.st_mode):04o}, owned by {info.st_uid}:{info.st_gid}; let it through "
+                "(e.g. chmod o+x) or choose another work_dir"
+            )
+        if folder == "/":
+            return
+        folder = os.path.dirname(folder)
 
 
 def sync(
     staging: str,
     work_dir: str,
     names: Sequence[str],
+    owner: str,
     keep: Sequence[str] = (),
     run: Callable[..., Any] = subprocess.run,
     state_dir_name: str | None = None,
 ) -> list[str]:
     """Sync each top-level directory from staging into work_dir; the names synced, or UnpackError."""
     argvs = []
-    real_work = os.path.realpath(work_dir)
-    real_staging = os.path.realpath(staging)
-    if not real_staging.startswith(real_work + "/"):  # the container can write work_dir: no symlink out
-        raise UnpackError(f"refusing to sync from {staging}: it leads outside work_dir (to {real_staging})")
+    _root_only(staging, work_dir)
+    _reachable_by(work_dir, *_owner(owner))
     for name in names:
-        argv = sync_argv(staging, work_dir, name, keep, state_dir_name)
+        argv = sync_argv(staging, work_dir, name, owner, keep, state_dir_name)
         source = os.lstat(os.path.join(staging, name))
         if not stat.S_ISDIR(source.st_mode):
             raise UnpackError(f"refusing to sync {name!r}: the package's {name!r} is not a directory")
@@ -245,14 +323,24 @@ def _parser() -> argparse.ArgumentParser:
     sync_p = sub.add_parser("sync")
     sync_p.add_argument("--staging", required=True)
     sync_p.add_argument("--work-dir", required=True)
+    sync_p.add_argument("--owner", required=True, help="UID:GID the writing side of rsync runs as")
     sync_p.add_argument("--state-dir-name")
     sync_p.add_argument("--keep", action="append", default=[])
     sync_p.add_argument("names", nargs="+")
+    receive_p = sub.add_parser("receive-as")
+    receive_p.add_argument("owner")
+    receive_p.add_argument("rsync_argv", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "receive-as":  # stdout is rsync's protocol: errors go to stderr, which rsync shows
+        try:
+            receive_as(args.owner, args.rsync_argv)  # replaces this process with the receiver
+        except (UnpackError, OSError) as exc:
+            print(f"package_unpack.py receive-as: {exc}", file=sys.stderr)
+        return 1
     try:
         if args.command == "plan":
             names = read_members(args.zip, args.label)
@@ -262,7 +350,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         elif args.command == "sync":
             synced = sync(
-                args.staging, args.work_dir, args.names, args.keep, state_dir_name=args.state_dir_name
+                args.staging,
+                args.work_dir,
+                args.names,
+                args.owner,
+                args.keep,
+                state_dir_name=args.state_dir_name,
             )
             result = {"synced": synced}
         else:

@@ -9,8 +9,11 @@ from __future__ import annotations
 import ast
 import io
 import json
+import os
 import shutil
 import subprocess
+import sys
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ TREE = f"multimodal_algorithm/LLAVA/llava-train/{COMMIT}"
 KEEP = ["/LLAVA/llava-train/*/LLaVA/"]
 INNER = "AscendCloud-AIGC-6.3.906-20240618000000.zip"
 STATE = STATE_DIR_NAME
+OWNER = f"{os.getuid()}:{os.getgid()}"  # the receiver runs as whoever runs the tests (no drop)
 needs_rsync = pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is not installed")
 
 
@@ -50,6 +54,11 @@ def workspace(tmp_path: Path) -> tuple[Path, dict[Path, bytes]]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return work, files
+
+
+def staging_of(tmp_path: Path) -> Path:
+    """Where the role unzips the inner zip: root's folder (llava.host_state_dir/unpack), not work_dir."""
+    return tmp_path / "host-state" / "unpack" / "AscendCloud-6.3.906-1" / ".inner"
 
 
 def assert_untouched(files: dict[Path, bytes]) -> None:
@@ -161,14 +170,46 @@ def test_protected_paths_from_the_llava_dict() -> None:
 @pytest.mark.parametrize("name", ["", ".", "..", "a/b", STATE, "x\n"])
 def test_sync_never_aims_at_work_dir_itself(name: str) -> None:
     with pytest.raises(UnpackError, match="not one plain directory name"):
-        sync_argv("/w/pkg/.inner", "/w", name, KEEP, state_dir_name=STATE)
+        sync_argv("/s/pkg/.inner", "/w", name, "1000:1000", KEEP, state_dir_name=STATE)
 
 
 def test_sync_argv() -> None:
-    assert sync_argv("/w/pkg/.inner", "/w", "multimodal_algorithm", KEEP) == [
-        "rsync", "-a", "--delete", "--exclude=/LLAVA/llava-train/*/LLaVA/", "--",
-        "/w/pkg/.inner/multimodal_algorithm/", "/w/multimodal_algorithm/",
+    helper = os.path.abspath(package_unpack.__file__)
+    assert sync_argv("/s/pkg/.inner", "/w", "multimodal_algorithm", "1000:1001", KEEP) == [
+        "rsync", "-a", "--no-owner", "--no-group", "--delete", "--protect-args",
+        "--exclude=/LLAVA/llava-train/*/LLaVA/",
+        "--rsh", f"{sys.executable} {helper} receive-as 1000:1001",
+        "--", "/s/pkg/.inner/multimodal_algorithm/", "localhost:/w/multimodal_algorithm/",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("owner", ["", "1000", "ma-user:ma-group", "1000:-1", "1000:1000:0"])
+def test_the_owner_must_be_uid_gid(owner: str) -> None:
+    with pytest.raises(UnpackError, match="is not UID:GID"):
+        sync_argv("/s/pkg/.inner", "/w", "multimodal_algorithm", owner)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["localhost", "sh", "-c", "id"],
+        ["elsewhere", "rsync", "--server", "."],
+        ["localhost", "rsync", "--daemon"],
+        [],
+    ],
+)
+def test_receive_as_runs_nothing_but_an_rsync_receiver(command: list[str]) -> None:
+    ran: list[Any] = []
+    with pytest.raises(UnpackError, match="runs only an rsync receiver"):
+        package_unpack.receive_as(OWNER, command, execvp=lambda *a: ran.append(a))
+    assert ran == []
+
+
+def test_receive_as_runs_the_receiver() -> None:
+    ran: list[Any] = []
+    argv = ["localhost", "rsync", "--server", "-s", "."]
+    package_unpack.receive_as(OWNER, argv, execvp=lambda *a: ran.append(a))
+    assert ran == [("rsync", ["rsync", "--server", "-s", "."])]
 
 
 # --- the real helper on a temporary work_dir
@@ -190,9 +231,11 @@ def test_an_inner_zip_with_a_dot_slash_root_member_is_refused_and_deletes_nothin
     assert code == 1
     assert out["error"].startswith(f"{label}: the member './' is the zip's root itself")
     # and the sync step itself refuses the root, whatever it is given
-    staging = work / "AscendCloud-6.3.906-1" / ".inner"  # where the role unpacks it
+    staging = staging_of(tmp_path)
     staging.mkdir(parents=True)
-    code, out = run_main(capsys, "sync", "--staging", str(staging), "--work-dir", str(work), "--", ".")
+    code, out = run_main(
+        capsys, "sync", "--staging", str(staging), "--work-dir", str(work), "--owner", OWNER, "--", "."
+    )
     assert code == 1 and "not one plain directory name" in out["error"]
     assert_untouched(files)
 
@@ -227,11 +270,11 @@ def test_dot_slash_members_are_synced_into_their_own_directory_only(
     )
     assert code == 0, out
     assert out == {"directories": ["multimodal_algorithm"], "files": ["version.info"], "inner": None}
-    staging = work / "AscendCloud-6.3.906-1" / ".inner"  # where the role unpacks it
+    staging = staging_of(tmp_path)
     with zipfile.ZipFile(inner) as archive:  # what unzip does with these names
         archive.extractall(staging)
     code, out = run_main(
-        capsys, "sync", "--staging", str(staging), "--work-dir", str(work),
+        capsys, "sync", "--staging", str(staging), "--work-dir", str(work), "--owner", OWNER,
         *(f"--keep={k}" for k in KEEP), "--", *out["directories"],
     )  # fmt: skip
     assert (code, out) == (0, {"synced": ["multimodal_algorithm"]})
@@ -251,7 +294,7 @@ def test_a_symlinked_destination_is_refused_before_anything_is_synced(
     victim.mkdir()
     (victim / "precious").write_bytes(b"keep me")
     (work / "tools").symlink_to(victim)
-    staging = work / "AscendCloud-6.3.906-1" / ".inner"  # where the role unpacks it
+    staging = staging_of(tmp_path)
     for top in ("multimodal_algorithm", "tools"):
         (staging / top).mkdir(parents=True)
     code, out = run_main(
@@ -261,6 +304,8 @@ def test_a_symlinked_destination_is_refused_before_anything_is_synced(
         str(staging),
         "--work-dir",
         str(work),
+        "--owner",
+        OWNER,
         "--",
         "multimodal_algorithm",
         "tools",
@@ -270,17 +315,86 @@ def test_a_symlinked_destination_is_refused_before_anything_is_synced(
     assert_untouched(files)  # the check comes first: multimodal_algorithm was not synced either
 
 
-def test_a_staging_folder_that_leads_out_of_work_dir_is_refused(
+def test_a_staging_folder_in_work_dir_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Where the container can write, it can swap the unzipped tree for links: root reads only its own."""
+    work, files = workspace(tmp_path)
+    (work / "pkg/multimodal_algorithm").mkdir(parents=True)
+    code, out = run_main(
+        capsys, "sync", "--staging", str(work / "pkg"), "--work-dir", str(work), "--owner", OWNER,
+        "--", "multimodal_algorithm",
+    )  # fmt: skip
+    assert code == 1 and "it is in work_dir, where the container writes" in out["error"]
+    assert_untouched(files)
+
+
+def test_a_staging_folder_reached_through_a_link_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     work, files = workspace(tmp_path)
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "multimodal_algorithm").mkdir(parents=True)
-    (work / "pkg").symlink_to(elsewhere)  # the container replaced the unpacked package's folder
+    (tmp_path / "pkg").symlink_to(elsewhere)
     code, out = run_main(
-        capsys, "sync", "--staging", str(work / "pkg"), "--work-dir", str(work), "--", "multimodal_algorithm"
-    )
-    assert code == 1 and "it leads outside work_dir" in out["error"]
+        capsys, "sync", "--staging", str(tmp_path / "pkg"), "--work-dir", str(work), "--owner", OWNER,
+        "--", "multimodal_algorithm",
+    )  # fmt: skip
+    assert code == 1 and f"a link on its way leads to {elsewhere}" in out["error"]
+    assert_untouched(files)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping to another user needs root (CI runs as root)")
+@needs_rsync
+def test_the_sync_writes_as_the_workspace_owner(capsys: pytest.CaptureFixture[str]) -> None:
+    """As root, the writing side of rsync runs as the owner: what it makes is the owner's, and it cannot
+    write where the owner could not (a root-only folder the container linked into the tree)."""
+    base = Path(tempfile.mkdtemp(prefix="llava-unpack-", dir="/tmp"))  # pytest's tmp is 0700: closed to 1000
+    try:
+        base.chmod(0o755)
+        work = base / "work"
+        work.mkdir()
+        os.chown(work, 1000, 1000)
+        victim = base / "victim"
+        victim.mkdir(mode=0o700)
+        staging = base / "host-state" / ".inner"
+        (staging / "multimodal_algorithm/into-victim").mkdir(parents=True)
+        (staging / "multimodal_algorithm/into-victim/planted.txt").write_bytes(b"package file")
+        (staging / "multimodal_algorithm/README.md").write_bytes(b"readme")
+        code, out = run_main(
+            capsys, "sync", "--staging", str(staging), "--work-dir", str(work), "--owner", "1000:1000",
+            "--", "multimodal_algorithm",
+        )  # fmt: skip
+        assert (code, out) == (0, {"synced": ["multimodal_algorithm"]})
+        made = [work / "multimodal_algorithm", work / "multimodal_algorithm/README.md"]
+        assert [(p.stat().st_uid, p.stat().st_gid) for p in made] == [(1000, 1000)] * 2
+        # the container links a folder of its tree to the root-only victim; the next sync cannot write there
+        shutil.rmtree(work / "multimodal_algorithm/into-victim")
+        (work / "multimodal_algorithm/into-victim").symlink_to(victim)
+        os.lchown(work / "multimodal_algorithm/into-victim", 1000, 1000)
+        code, out = run_main(
+            capsys, "sync", "--staging", str(staging), "--work-dir", str(work), "--owner", "1000:1000",
+            "--", "multimodal_algorithm",
+        )  # fmt: skip
+        assert (code, out) == (0, {"synced": ["multimodal_algorithm"]})
+        assert list(victim.iterdir()) == []
+        assert not (work / "multimodal_algorithm/into-victim").is_symlink()  # the link became the package's
+    finally:
+        shutil.rmtree(base)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="a folder the owner cannot pass needs another user (CI: root)")
+def test_a_work_dir_the_owner_cannot_reach_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    work, files = workspace(tmp_path)
+    staging = staging_of(tmp_path)
+    (staging / "multimodal_algorithm").mkdir(parents=True)
+    code, out = run_main(
+        capsys, "sync", "--staging", str(staging), "--work-dir", str(work), "--owner", "1000:1000",
+        "--", "multimodal_algorithm",
+    )  # fmt: skip
+    assert code == 1
+    assert f"the workspace owner 1000:1000 cannot reach {work}: " in out["error"]
+    assert "or choose another work_dir" in out["error"]
     assert_untouched(files)
 
 

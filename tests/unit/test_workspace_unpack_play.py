@@ -58,8 +58,9 @@ def workspace(tmp_path: Path) -> tuple[Path, dict[Path, bytes]]:
 
 def run_unpack(tmp_path: Path, work: Path, package: Path) -> subprocess.CompletedProcess[str]:
     """unpack.yml with the facts main.yml computes before it (its own set_fact, copy and owner steps)."""
-    shutil.copy(package, work / package.name)
-    (tmp_path / "host-state").mkdir(mode=0o700, exist_ok=True)  # main.yml creates llava.host_state_dir
+    unpack = tmp_path / "host-state" / "unpack"  # main.yml creates llava.host_state_dir and copies it there
+    unpack.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.copy(package, unpack / package.name)
     roles = tmp_path / "roles"
     role = roles / "llava_workspace"
     role.mkdir(parents=True)
@@ -67,6 +68,7 @@ def run_unpack(tmp_path: Path, work: Path, package: Path) -> subprocess.Complete
         shutil.copytree(ROOT / "roles/llava_workspace" / part, role / part)
     (role / "tasks").mkdir()
     shutil.copy(ROOT / "roles/llava_workspace/tasks/unpack.yml", role / "tasks/unpack_only.yml")
+    shutil.copy(ROOT / "roles/llava_workspace/tasks/ownership.yml", role / "tasks/ownership.yml")
     ws = "/home/ma-user/ws"
     llava = {
         "ascendcloud_package": str(package),
@@ -82,8 +84,8 @@ def run_unpack(tmp_path: Path, work: Path, package: Path) -> subprocess.Complete
         "ansible_python_interpreter": sys.executable,
         "llava": llava,
         "llava_workspace_package_name": package.name,
-        "llava_workspace_package_path": str(work / package.name),
-        "llava_workspace_outer_dir": str(work / stem),
+        "llava_workspace_package_path": str(unpack / package.name),
+        "llava_workspace_outer_dir": str(unpack / stem),
         "llava_workspace_commit_host_dir": str(work / LLAVA_TRAIN_DIR),
         "llava_workspace_build_marker": str(tmp_path / "host-state" / "build.ok"),
         "llava_workspace_unpack_marker": str(tmp_path / "host-state" / "package.json"),
@@ -116,7 +118,8 @@ def test_the_stand_in_package_syncs_only_its_directory(tmp_path: Path) -> None:
     work, files = workspace(tmp_path)
     stale = work / "multimodal_algorithm/dropped.txt"
     stale.write_bytes(b"from an older package")
-    result = run_unpack(tmp_path, work, build_package(tmp_path / "pkg"))
+    package = build_package(tmp_path / "pkg")
+    result = run_unpack(tmp_path, work, package)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert (work / LLAVA_TRAIN_DIR / "build.sh").is_file()
@@ -126,6 +129,10 @@ def test_the_stand_in_package_syncs_only_its_directory(tmp_path: Path) -> None:
     assert json.loads(marker.read_text())["inner"] == aigc_zip_name()
     assert marker.stat().st_mode & 0o777 == 0o600
     assert not (work / STATE_DIR_NAME / "package.json").exists()
+    # unzipped in root's folder, which keeps only the zip afterwards: nothing of the package lands in work_dir
+    # but its directories
+    assert sorted(p.name for p in (tmp_path / "host-state" / "unpack").iterdir()) == [package.name]
+    assert sorted(p.name for p in work.iterdir()) == [STATE_DIR_NAME, "multimodal_algorithm", "sim-assets"]
     assert_untouched(files)
 
 
