@@ -13,7 +13,11 @@ test_role_train; two of its servers as a 2-node job through an inventory subset)
    the state folder was tampered with. The workspace (llava_workspace, llava_assets: site.yml's workspace
    play) runs first and works: root's markers and the assets manifest live in the root-only
    llava.host_state_dir, so links in place of their old names (package.json, build-<commit>.ok,
-   assets-manifest.json) or of the whole state folder are never followed.
+   assets-manifest.json) or of the whole state folder are never followed. On devserver-1 the package is
+   unpacked again over a tree the container rigged: links where older versions uploaded and unzipped the
+   package in work_dir, and a file and a folder of the package's tree replaced by links to victims. Root
+   unzips only in its own folder and rsync writes into work_dir as ma-user: the links become the package's
+   files, the victims stay as they were.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path
 import pytest
 
 import harness
-from llava_devserver.sim.standin import LLAVA_TRAIN_COMMIT
+from llava_devserver.sim.standin import LLAVA_TRAIN_COMMIT, LLAVA_TRAIN_DIR, package_name
 
 pytestmark = pytest.mark.fleet
 
@@ -163,7 +167,21 @@ cd /home/ma-user/ws
 mv .llava-devserver .llava-devserver.real
 ln -s {VICTIMS} .llava-devserver
 """
-RESTORE = f"cd {WORK_DIR} && rm -rf .llava-devserver && mv .llava-devserver.real .llava-devserver"
+# Devserver-1, the package's tree: links where older versions put the zip and its contents in work_dir, and
+# a file and a folder the next sync of the package writes, each a link to a victim.
+PACKAGE = package_name()
+TAMPER_PACKAGE = f"""
+set -e
+cd /home/ma-user/ws
+ln -sfn {VICTIMS}/v8 {PACKAGE}
+ln -sfn {VICTIMS} {PACKAGE.removesuffix(".zip")}
+rm -f multimodal_algorithm/README.md && ln -s {VICTIMS}/v8 multimodal_algorithm/README.md
+rm -rf {LLAVA_TRAIN_DIR}/npu_patch && ln -s {VICTIMS} {LLAVA_TRAIN_DIR}/npu_patch
+"""
+RESTORE = (
+    f"cd {WORK_DIR} && rm -rf .llava-devserver && mv .llava-devserver.real .llava-devserver"
+    f" && rm -f {PACKAGE} {PACKAGE.removesuffix('.zip')}"
+)
 
 
 def _as_ma_user(job: Job, host: str, script: str) -> str:
@@ -187,6 +205,8 @@ def hostile(job: Job) -> Iterator[dict[str, str]]:
         job.sim.sh(host, VICTIM_SETUP, check=True)
         before[host] = job.sim.sh(host, VICTIM_STATE, check=True).stdout
     _as_ma_user(job, "devserver-1", TAMPER_ENTRIES)
+    _as_ma_user(job, "devserver-1", TAMPER_PACKAGE)
+    job.sim.sh("devserver-1", f"rm {HOST_STATE}/package.json", check=True)  # the package is unpacked again
     _as_ma_user(job, "devserver-2", TAMPER_FOLDER)
     # What the container made: links owned by ma-user, pointing at the victims.
     listing = job.sim.sh("devserver-1", f"find {STATE} -maxdepth 1 -type l -printf '%u %p -> %l\\n'").stdout
@@ -205,11 +225,19 @@ def test_a_hostile_container_reaches_no_root_file(job: Job, hostile: dict[str, s
     assert markers.count(f"-> '{VICTIMS}/v") == 3, markers  # the old names are links to victims
 
     # The workspace play (llava_workspace, llava_assets) reads and writes only root's own folder: it works,
-    # changes nothing, and no link of the container's is followed.
+    # changes nothing on devserver-2, unpacks the package again on devserver-1, and follows no link of the
+    # container's.
     workspace = job.play("validate", "workspace", name="hostile-workspace")
     shown += _run_texts(workspace)
     workspace.assert_ok(*HOSTS)
-    assert workspace.changed == {}, workspace.changed
+    assert "devserver-2" not in workspace.changed, workspace.changed
+    assert "llava_workspace : Put the package's directories into work_dir" in workspace.changed["devserver-1"]
+    synced = job.sim.sh(
+        "devserver-1",
+        f"cd {WORK_DIR} && stat -c '%F %u' multimodal_algorithm/README.md {LLAVA_TRAIN_DIR}/npu_patch",
+        check=True,
+    ).stdout.splitlines()
+    assert synced == ["regular file 1000", "directory 1000"], synced  # the package's, ma-user's
     for host in HOSTS:
         assert job.sim.sh(host, VICTIM_STATE, check=True).stdout == hostile[host], f"{host}: a victim changed"
         owners = job.sim.sh(host, f"stat -c '%u %a' {HOST_STATE} {HOST_STATE}/package.json").stdout
