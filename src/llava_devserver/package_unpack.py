@@ -33,6 +33,7 @@ import fnmatch
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -196,7 +197,7 @@ def sync_argv(
 RECEIVER_HOST = "localhost"  # what rsync hands its remote shell as the host; receive-as checks it
 
 
-def receive_as(owner: str, argv: Sequence[str], execvp: Callable[..., Any] = os.execvp) -> None:
+def receive_as(owner: str, argv: Sequence[str], execv: Callable[..., Any] = os.execv) -> None:
     """rsync's remote shell for `sync`: become OWNER (no supplementary groups), then run the receiver.
 
     rsync calls it as `receive-as UID:GID localhost rsync --server ...`; anything else is refused.
@@ -205,11 +206,14 @@ def receive_as(owner: str, argv: Sequence[str], execvp: Callable[..., Any] = os.
     command = list(argv)
     if command[:1] != [RECEIVER_HOST] or command[1:3] != ["rsync", "--server"]:
         raise UnpackError(f"receive-as runs only an rsync receiver, not {' '.join(command)[:80]!a}")
+    rsync = shutil.which("rsync")  # found as root: after the drop nothing more is searched or imported
+    if not rsync:
+        raise UnpackError("rsync not found on PATH")
     if (os.getuid(), os.getgid()) != (uid, gid):
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
-    execvp("rsync", command[1:])
+    execv(rsync, command[1:])
 
 
 def _root_only(staging: str, work_dir: str) -> None:

@@ -201,15 +201,15 @@ def test_the_owner_must_be_uid_gid(owner: str) -> None:
 def test_receive_as_runs_nothing_but_an_rsync_receiver(command: list[str]) -> None:
     ran: list[Any] = []
     with pytest.raises(UnpackError, match="runs only an rsync receiver"):
-        package_unpack.receive_as(OWNER, command, execvp=lambda *a: ran.append(a))
+        package_unpack.receive_as(OWNER, command, execv=lambda *a: ran.append(a))
     assert ran == []
 
 
 def test_receive_as_runs_the_receiver() -> None:
     ran: list[Any] = []
     argv = ["localhost", "rsync", "--server", "-s", "."]
-    package_unpack.receive_as(OWNER, argv, execvp=lambda *a: ran.append(a))
-    assert ran == [("rsync", ["rsync", "--server", "-s", "."])]
+    package_unpack.receive_as(OWNER, argv, execv=lambda *a: ran.append(a))
+    assert ran == [(shutil.which("rsync"), ["rsync", "--server", "-s", "."])]
 
 
 # --- the real helper on a temporary work_dir
@@ -425,8 +425,8 @@ def test_the_helper_is_python_3_7() -> None:
         if isinstance(node, ast.Import | ast.ImportFrom)
         for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
     }
-    assert imported <= {"__future__", "argparse", "fnmatch", "json", "os", "re", "stat", "subprocess", "sys",
-                        "unicodedata", "zipfile", "collections", "typing"}  # fmt: skip
+    assert imported <= {"__future__", "argparse", "fnmatch", "json", "os", "re", "shutil", "stat",
+                        "subprocess", "sys", "unicodedata", "zipfile", "collections", "typing"}  # fmt: skip
     for banned in ("removeprefix", "removesuffix", "strict=", ":=", "datetime import UTC"):
         assert banned not in source
 
