@@ -9,7 +9,7 @@ Standalone on purpose (Python 3 standard library only, like assets_verify.py bes
     python3 assets_manifest.py mark    --manifest M --name NAME --path P --error MESSAGE
     python3 assets_manifest.py space   --path P --bytes N [--present N] [--margin N]
     python3 assets_manifest.py hub-download --repo-id ID --revision REV --repo-type T --dest P [--file NAME]
-                                            [--token-stdin]
+                                            [--token-stdin] --owner UID:GID
     python3 assets_manifest.py fingerprint P [--hash-small N]
     python3 assets_manifest.py batch '[{"op": "status", "manifest": ..., "name": ..., "path": ...}, ...]'
 
@@ -38,13 +38,16 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any
 
 try:  # in the package
-    from llava_devserver import assets_archive, assets_verify
-except ImportError:  # copied to a server beside assets_verify.py and assets_archive.py
+    from llava_devserver import as_owner, assets_archive, assets_verify
+except ImportError:  # copied to a server beside assets_verify.py, assets_archive.py and as_owner.py
+    import as_owner  # type: ignore[no-redef]
     import assets_archive  # type: ignore[no-redef]
     import assets_verify  # type: ignore[no-redef]
 
@@ -313,6 +316,35 @@ def hub_download(
     return {"ok": True, "code": 0, "path": dest}
 
 
+def hub_download_as(owner: str, download: Any) -> dict[str, Any]:
+    """Run `download()` as OWNER (UID:GID), the owner of the container's tree the files land in: root never
+    writes there (a folder swapped for a link would lead it anywhere). huggingface_hub gets a private HOME
+    and HF_HOME of the owner's for its cache and locks (root's home is closed to it), removed afterwards.
+    The drop is for good: this process prints its result and ends."""
+    try:
+        uid, gid = as_owner.parse_owner(owner)
+    except as_owner.Refused as error:
+        return {"ok": False, "code": 2, "error": str(error)}
+    home = tempfile.mkdtemp(prefix="llava-devserver-hub-")
+    saved = {name: os.environ.get(name) for name in ("HOME", "HF_HOME")}
+    try:
+        os.chown(home, uid, gid)
+        os.environ.update(HOME=home, HF_HOME=os.path.join(home, "huggingface"))
+        with contextlib.suppress(ImportError):  # loaded while root: root's Python may be closed to the owner
+            import huggingface_hub  # noqa: F401
+        as_owner.drop_to(uid, gid)
+        return dict(download())
+    except (as_owner.Refused, OSError) as error:
+        return {"ok": False, "code": 1, "error": f"cannot download as {owner}: {error}"}
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        for name, value in saved.items():  # (for callers in the same process, such as the tests)
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 # --- several operations in one process (one SSH round trip for all assets) -----------------------------
 
 _OPERATIONS: dict[str, Any] = {}
@@ -375,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     p_hub.add_argument("--dest", required=True)
     p_hub.add_argument("--file")
     p_hub.add_argument("--token-stdin", action="store_true", help="read the hub token from stdin")
+    p_hub.add_argument("--owner", required=True, help="UID:GID the download writes as (the tree's owner)")
     p_batch = commands.add_parser("batch", help="a JSON list of operations (status, verify, mark, space)")
     p_batch.add_argument("operations")
     p_fp = commands.add_parser("fingerprint")
@@ -403,7 +436,10 @@ def main(argv: list[str] | None = None) -> int:
         out = space(args.path, args.bytes, args.present, args.margin)
     elif args.command == "hub-download":
         token = read_token(sys.stdin) if args.token_stdin else None
-        out = hub_download(args.repo_id, args.revision, args.repo_type, args.dest, args.file, token)
+        out = hub_download_as(
+            args.owner,
+            lambda: hub_download(args.repo_id, args.revision, args.repo_type, args.dest, args.file, token),
+        )
         code = int(out["code"])
     else:
         out = {"path": args.path, "fingerprint": fingerprint(args.path, args.hash_small)}

@@ -9,11 +9,12 @@ server-to-server rsync) and turn results into failure messages and the report fa
 from __future__ import annotations
 
 import posixpath
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from llava_devserver import assets_manifest
+from llava_devserver import as_owner, assets_manifest
 
 # Verification order: the pretrain JSON's check reads the image folder, so images come first.
 ORDER = ("images", "llm", "vision_tower", "pretrain_json")
@@ -27,6 +28,7 @@ MANIFEST = "assets-manifest.json"
 HELPER_DIR = "/usr/local/lib/llava-devserver"
 # The forced command of the fan-out key (stdlib Python 3.7+, in HELPER_DIR): rsync receiving into assets only.
 FANOUT_RECEIVER = "fanout_receive.py"
+OWNER_RECEIVER = "as_owner.py"  # rsync's receiver as the owner of the container's tree
 # Every fan-out key this tool authorizes carries this comment (a run id after it): each run removes them all.
 FANOUT_KEY_COMMENT = "llava-devserver-fanout"
 # expiry-time in authorized_keys needs OpenSSH 8.2+ on the receiver (older sshd refuse the whole line).
@@ -293,19 +295,28 @@ def needs_copy(assets: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [a for a in assets if posixpath.normpath(str(a["path"])) != posixpath.normpath(a["host_dest"])]
 
 
-def local_copy_command(asset: Mapping[str, Any]) -> list[str]:
-    """Source server with a path other than the container path's: copy it into place on the server."""
+def owner_receiver(owner: str, helper_dir: str = HELPER_DIR, python: str = "python3") -> str:
+    """The command that starts rsync's receiver as OWNER (UID:GID) on a server (as_owner.py): rsync's
+    `--rsh` for a copy on the server, `--rsync-path` for one from elsewhere. Root never writes into the
+    container's tree itself."""
+    if not re.fullmatch(r"[0-9]+:[0-9]+", str(owner)):
+        raise ValueError(f"owner {owner!r} is not UID:GID")
+    return f"{python} {posixpath.join(helper_dir, OWNER_RECEIVER)} {owner}"
+
+
+def local_copy_command(asset: Mapping[str, Any], owner: str, helper_dir: str = HELPER_DIR) -> list[str]:
+    """Source server with a path other than the container path's: copy it into place on the server, root
+    reading the server's storage, the owner writing (--protect-args: the paths travel inside rsync's
+    protocol, with no shell between the two sides to re-read them)."""
     return [
-        "rsync",
-        "-a",
-        "--delete",
+        "rsync", "-a", "--delete", "--protect-args", "--rsh", owner_receiver(owner, helper_dir), "--",
         _slash(asset["path"], asset["is_dir"]),
-        _slash(asset["host_dest"], asset["is_dir"]),
-    ]
+        f"{as_owner.LOCAL_HOST}:{_slash(asset['host_dest'], asset['is_dir'])}",
+    ]  # fmt: skip
 
 
 def hub_command(
-    asset: Mapping[str, Any], helper_dir: str, token_set: bool = False, python: str = "python3"
+    asset: Mapping[str, Any], helper_dir: str, owner: str, token_set: bool = False, python: str = "python3"
 ) -> list[str]:
     """The download on the server (huggingface_hub; HF_ENDPOINT from the environment). With `token_set` the
     helper reads the token from its standard input (`--token-stdin`): never an argument or an environment
@@ -314,6 +325,7 @@ def hub_command(
         python, posixpath.join(helper_dir, "assets_manifest.py"), "hub-download",
         "--repo-id", str(asset["repo_id"]), "--revision", str(asset.get("revision") or "main"),
         "--repo-type", str(asset.get("repo_type") or "model"), "--dest", str(asset["host_dest"]),
+        "--owner", str(owner),  # the download writes as the owner of the container's tree
     ]  # fmt: skip
     if not asset["is_dir"]:
         argv += ["--file", posixpath.basename(str(asset["host_dest"]))]
@@ -332,8 +344,6 @@ def hub_environment(hf_endpoint: str | None) -> dict[str, str]:
 
 def openssh_version(text: str | None) -> tuple[int, int] | None:
     """(major, minor) from `ssh -V` / `sshd -V` output (`OpenSSH_9.2p1 Debian-2`), None when unreadable."""
-    import re
-
     match = re.search(r"OpenSSH_(\d+)\.(\d+)", text or "")
     return (int(match.group(1)), int(match.group(2))) if match else None
 
@@ -343,6 +353,7 @@ def fanout_key_options(
     destinations: Sequence[str],
     expiry: str | None,
     ssh_version_text: str | None,
+    owner: str,
     python: str = "/usr/bin/python3",
     helper_dir: str = HELPER_DIR,
 ) -> str:
@@ -350,8 +361,6 @@ def fanout_key_options(
     receive into this receiver's asset folders, only from its seeds' addresses, nothing else (`restrict`:
     no pty, no forwarding), and, where sshd knows it (OpenSSH 8.2+), an expiry time (`YYYYMMDDHHMMSS`, the
     receiver's local time) so that a key an interrupted run left behind stops working by itself."""
-    import re
-
     if not seed_addresses:
         raise ValueError("fanout_key_options: no seed address")
     if not destinations:
@@ -360,8 +369,11 @@ def fanout_key_options(
     for value, bad in [(a, r'[\s"\\,]') for a in seed_addresses] + [(d, r'[\s"\\]') for d in destinations]:
         if not str(value) or re.search(bad, str(value)):
             raise ValueError(f"fanout_key_options: unusable value {value!r} for an authorized_keys option")
+    if not re.fullmatch(r"[0-9]+:[0-9]+", str(owner)):
+        raise ValueError(f"fanout_key_options: owner {owner!r} is not UID:GID")
     receiver = " ".join(
-        [python, posixpath.join(helper_dir, FANOUT_RECEIVER), *(str(d) for d in destinations)]
+        [python, posixpath.join(helper_dir, FANOUT_RECEIVER), "--owner", str(owner)]
+        + [str(d) for d in destinations]
     )
     options = [f'command="{receiver}"', f'from="{",".join(str(a) for a in seed_addresses)}"', "restrict"]
     version = openssh_version(ssh_version_text)

@@ -3,13 +3,15 @@
 
 The llava_assets role authorizes its per-run fan-out key on each receiver as
 
-    command="/usr/bin/python3 /usr/local/lib/llava-devserver/fanout_receive.py DEST...",from=SEED,restrict
+    command="/usr/bin/python3 /usr/local/lib/llava-devserver/fanout_receive.py --owner UID:GID DEST...",
+            from=SEED,restrict
 
 so whoever holds the key (the seed, for the minutes of the copy) gets no shell: sshd runs this script, which
 reads the command the client asked for (SSH_ORIGINAL_COMMAND), lets through only what `rsync -a --delete`
 sends to a receiver (`rsync --server <flags> . DEST`, no `--sender`, options from a short list) with DEST one
-of the folders named on its own command line, and then runs that rsync without a shell. Anything else is
-refused with a message on stderr (the seed's rsync shows it) and exit status 1.
+of the folders named on its own command line, and then runs that rsync without a shell, as UID:GID, the owner
+of the container's tree (as_owner.py: root never writes where the container can plant links). Anything else
+is refused with a message on stderr (the seed's rsync shows it) and exit status 1.
 
 Like rrsync in spirit, but self-contained (rrsync is not on every DevServer OS) and narrower: a fixed list of
 destinations instead of a directory tree. Standalone: Python 3.7+ standard library only, runs as root.
@@ -20,6 +22,11 @@ import posixpath
 import re
 import shlex
 import sys
+
+try:  # in the package
+    from llava_devserver import as_owner
+except ImportError:  # in the helper folder on a server, beside as_owner.py
+    import as_owner  # type: ignore[no-redef]
 
 # The receiver's short options that `rsync -a --delete [--stats]` sends (`-logDtpre.iLsfxCIvu`), plus the
 # harmless ones of the same family; `e` starts the protocol capability string, which runs to the end.
@@ -87,12 +94,17 @@ def decide(command, allowed):
 def main(args=None):
     allowed = list(sys.argv[1:] if args is None else args)
     try:
-        argv = decide(os.environ.get("SSH_ORIGINAL_COMMAND", ""), allowed)
-    except Refused as error:
+        if allowed[:1] != ["--owner"] or len(allowed) < 3:
+            raise Refused("the key's command names no --owner UID:GID and destination")
+        uid, gid = as_owner.parse_owner(allowed[1])
+        argv = decide(os.environ.get("SSH_ORIGINAL_COMMAND", ""), allowed[2:])
+        rsync = as_owner.program(argv[0])
+        as_owner.drop_to(uid, gid)
+    except (Refused, as_owner.Refused, OSError) as error:
         sys.stderr.write(f"llava-devserver fan-out key: refused: {error}\n")
         return 1
     os.umask(0o022)
-    os.execvp(argv[0], argv)
+    os.execv(rsync, argv)
     return 1  # not reached
 
 

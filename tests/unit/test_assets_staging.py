@@ -255,20 +255,21 @@ def test_hub_command_and_environment() -> None:
     )
     llm, data = plan["assets"]
     helper = "/usr/local/lib/llava-devserver"
-    assert ap.hub_command(llm, helper) == [
+    assert ap.hub_command(llm, helper, "1000:1000") == [
         "python3", f"{helper}/assets_manifest.py", "hub-download", "--repo-id", "lmsys/vicuna-13b-v1.5",
         "--revision", "r1", "--repo-type", "model", "--dest", "/data/llava-devserver/sim-assets/llm",
+        "--owner", "1000:1000",
     ]  # fmt: skip
-    assert ap.hub_command(data, helper)[-4:] == [
+    assert ap.hub_command(data, helper, "1000:1000")[-6:] == [
         "--dest", "/data/llava-devserver/sim-assets/blip_laion_cc_sbu_558k.json",
-        "--file", "blip_laion_cc_sbu_558k.json",
+        "--owner", "1000:1000", "--file", "blip_laion_cc_sbu_558k.json",
     ]  # fmt: skip
-    assert "--repo-type" in ap.hub_command(data, helper) and "dataset" in ap.hub_command(data, helper)
+    assert "dataset" in ap.hub_command(data, helper, "1000:1000")
     # the token goes through stdin (--token-stdin): never into the command line or the environment
     env = ap.hub_environment("https://hf-mirror.com")
     assert env["HF_ENDPOINT"] == "https://hf-mirror.com" and "HF_TOKEN" not in env
-    assert ap.hub_command(llm, helper, token_set=True)[-1] == "--token-stdin"
-    assert "--token-stdin" not in ap.hub_command(llm, helper)
+    assert ap.hub_command(llm, helper, "1000:1000", token_set=True)[-1] == "--token-stdin"
+    assert "--token-stdin" not in ap.hub_command(llm, helper, "1000:1000")
     assert "HF_ENDPOINT" not in ap.hub_environment(None)
 
 
@@ -414,13 +415,11 @@ def test_fanout_and_local_copy_commands() -> None:
         "/data/ws/b.json",
         "root@h:/data/ws/b.json",
     ]
-    assert ap.local_copy_command(asset) == [
-        "rsync",
-        "-a",
-        "--delete",
-        "/mnt/llm/",
-        "/data/ws/sim-assets/llm/",
-    ]
+    assert ap.local_copy_command(asset, "1000:1000") == [
+        "rsync", "-a", "--delete", "--protect-args",
+        "--rsh", f"python3 {ap.HELPER_DIR}/as_owner.py 1000:1000",  # root reads, the owner writes
+        "--", "/mnt/llm/", "localhost:/data/ws/sim-assets/llm/",
+    ]  # fmt: skip
     assert ap.needs_copy([asset, {**file_asset, "path": "/data/ws/b.json"}]) == [asset]
 
 

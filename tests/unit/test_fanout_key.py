@@ -17,6 +17,7 @@ from llava_devserver import assets_plan as ap
 from llava_devserver import fanout_receive as fr
 
 RECEIVER = Path(fr.__file__)
+OWNER = f"{os.getuid()}:{os.getgid()}"  # the receiver "drops" to whoever runs the tests: nothing to drop
 
 
 # --- authorized_keys options ------------------------------------------------------------------------------
@@ -28,23 +29,32 @@ def test_key_options_force_the_receiver_with_the_destinations_from_the_seed_only
         ["/data/w/llava/models/llm", "/data/w/llava/data.json"],
         "20261201153000",
         "OpenSSH_9.2p1",
+        "1000:1001",
     )
     assert options == (
-        'command="/usr/bin/python3 /usr/local/lib/llava-devserver/fanout_receive.py '
+        'command="/usr/bin/python3 /usr/local/lib/llava-devserver/fanout_receive.py --owner 1000:1001 '
         '/data/w/llava/models/llm /data/w/llava/data.json",from="10.0.0.1",restrict,'
         'expiry-time="20261201153000"'
     )
 
 
+@pytest.mark.parametrize("owner", ["", "ma-user", "1000", "1000:x", "0:0 /etc"])
+def test_key_options_need_a_numeric_owner(owner: str) -> None:
+    with pytest.raises(ValueError, match="is not UID:GID"):
+        ap.fanout_key_options(["10.0.0.1"], ["/d"], None, None, owner)
+
+
 def test_expiry_only_where_sshd_knows_it() -> None:
-    old = ap.fanout_key_options(["10.0.0.1", "10.0.0.2"], ["/d"], "20261201153000", "OpenSSH_7.4p1, OpenSSL")
+    old = ap.fanout_key_options(
+        ["10.0.0.1", "10.0.0.2"], ["/d"], "20261201153000", "OpenSSH_7.4p1, OpenSSL", OWNER
+    )
     assert "expiry-time" not in old and 'from="10.0.0.1,10.0.0.2"' in old
-    assert "expiry-time" not in ap.fanout_key_options(["a"], ["/d"], "20261201153000", "unreadable")
+    assert "expiry-time" not in ap.fanout_key_options(["a"], ["/d"], "20261201153000", "unreadable", OWNER)
     assert 'expiry-time="202612011530"' in ap.fanout_key_options(
-        ["a"], ["/d"], "202612011530", "OpenSSH_8.2p1"
+        ["a"], ["/d"], "202612011530", "OpenSSH_8.2p1", OWNER
     )
     with pytest.raises(ValueError, match="expiry 'tomorrow'"):
-        ap.fanout_key_options(["a"], ["/d"], "tomorrow", "OpenSSH_9.6p1")
+        ap.fanout_key_options(["a"], ["/d"], "tomorrow", "OpenSSH_9.6p1", OWNER)
 
 
 @pytest.mark.parametrize(
@@ -60,7 +70,7 @@ def test_key_options_refuse_values_that_would_break_the_line(
     seeds: list[str], dests: list[str], bad: str
 ) -> None:
     with pytest.raises(ValueError, match=re.escape(repr(bad))):
-        ap.fanout_key_options(seeds, dests, None, None)
+        ap.fanout_key_options(seeds, dests, None, None, OWNER)
 
 
 def test_the_removal_pattern_finds_every_key_the_tool_added_and_nothing_else() -> None:
@@ -125,25 +135,44 @@ def test_receiver_refuses_a_destination_behind_a_symlink(tmp_path: Path) -> None
         fr.decide(f"rsync --server -logDtpre.iLsfxCIvu --delete . {dest}/", [dest])
 
 
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["/d"], "names no --owner"),
+        (["--owner", "1000:1000"], "names no --owner"),
+        (["--owner", "ma-user", "/d"], "is not UID:GID"),
+    ],
+)
+def test_receiver_needs_the_owner_it_writes_as(
+    args: list[str], words: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "rsync --server -logDtpre.iLsfxCIvu . /d/")
+    assert fr.main(args) == 1
+    assert words in capsys.readouterr().err
+
+
 def test_receiver_script_is_standalone_python_without_the_package() -> None:
     result = subprocess.run(
-        [sys.executable, "-S", "-I", str(RECEIVER), "/d"], capture_output=True, text=True, check=False,
+        # -S: no site-packages, no llava_devserver: as_owner.py comes from beside the script, as on a server
+        [sys.executable, "-S", str(RECEIVER), "--owner", OWNER, "/d"],
+        capture_output=True, text=True, check=False,
         env={"PATH": os.environ["PATH"], "SSH_ORIGINAL_COMMAND": "id"},
     )  # fmt: skip
     assert result.returncode == 1
     assert "llava-devserver fan-out key: refused: only `rsync --server`" in result.stderr
 
 
-def _fake_ssh(tmp_path: Path, allowed: list[str]) -> str:
+def _fake_ssh(tmp_path: Path, allowed: list[str], owner: str = "") -> str:
     """An `ssh` for rsync -e: drops the host arguments and runs the receiver as sshd would (the client's
     command in SSH_ORIGINAL_COMMAND, the forced command's arguments fixed)."""
+    owner = owner or OWNER
     script = tmp_path / "fake-ssh"
     script.write_text(
         "#!/bin/sh\n"
         'while [ "$1" = -l ]; do shift 2; done\n'
         "shift  # the host\n"
         'SSH_ORIGINAL_COMMAND="$*" exec '
-        + " ".join(shlex.quote(part) for part in [sys.executable, str(RECEIVER), *allowed])
+        + " ".join(shlex.quote(part) for part in [sys.executable, str(RECEIVER), "--owner", owner, *allowed])
         + "\n"
     )
     script.chmod(0o755)
@@ -185,3 +214,31 @@ def test_a_real_rsync_through_the_receiver(tmp_path: Path) -> None:
     )
     assert read.returncode != 0 and "never send" in read.stderr
     assert not pulled.exists() or list(pulled.iterdir()) == []
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="writing as another user needs root (CI runs as root)")
+def test_the_receiver_writes_as_the_owner_not_as_root(tmp_path: Path) -> None:
+    """sshd runs the forced command as root; the files it receives belong to the owner, and an asset folder
+    the container swapped for a link to a root-only folder (after the realpath check) is not written."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="llava-fanout-", dir="/tmp"))  # pytest's tmp is 0700: closed to 1000
+    try:
+        base.chmod(0o755)
+        source = base / "src"
+        source.mkdir()
+        (source / "config.json").write_text("{}")
+        dest = base / "dest" / "llm"
+        dest.mkdir(parents=True)
+        os.chown(dest, 1000, 1000)
+        ssh = _fake_ssh(base, [str(dest)], owner="1000:1000")
+        ok = subprocess.run(
+            ["rsync", "-a", "--delete", "-e", ssh, f"{source}/", f"root@seed:{dest}/"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert ok.returncode == 0, ok.stderr
+        assert (dest / "config.json").stat().st_uid == 1000
+    finally:
+        import shutil
+
+        shutil.rmtree(base)

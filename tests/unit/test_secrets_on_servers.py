@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import types
@@ -57,7 +58,7 @@ def test_hub_download_reads_the_token_from_stdin_and_hands_it_to_huggingface_hub
     argv = ap.hub_command(
         {"repo_id": "org/m", "revision": "main", "repo_type": "model", "host_dest": str(tmp_path / "m"),
          "is_dir": True},
-        "/usr/local/lib/llava-devserver", token_set=True,
+        "/usr/local/lib/llava-devserver", f"{os.getuid()}:{os.getgid()}", token_set=True,
     )  # fmt: skip
     assert TOKEN not in " ".join(argv)
     assert am.main(argv[2:]) == 0
@@ -215,7 +216,7 @@ def test_go_template_of_the_preflight_is_what_docker_would_print() -> None:
 def test_manifest_helper_still_runs_under_python3_standalone(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-S", str(Path(am.__file__)), "hub-download", "--repo-id", "o/m",
-         "--dest", str(tmp_path / "x"), "--token-stdin"],
+         "--dest", str(tmp_path / "x"), "--token-stdin", "--owner", f"{os.getuid()}:{os.getgid()}"],
         input=TOKEN + "\n", capture_output=True, text=True, check=False, cwd=tmp_path,
     )  # fmt: skip
     # huggingface_hub is not installed here: exit 3, and the token is in no output

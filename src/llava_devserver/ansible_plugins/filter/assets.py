@@ -3,9 +3,13 @@
 - `{{ llava | llava_assets_plan(control_fingerprints) }}`: the host's assets, paths and problems.
 - `{{ llava_dicts | llava_assets_control_fingerprints }}`: fingerprints of the control-node sources.
 - `{{ inventory_hostname | llava_assets_seeds(plans, play_hosts) }}`: asset -> the seed host.
-- `{{ asset | llava_assets_fanout_command(key, user, address) }}`, `{{ asset | llava_assets_local_copy }}`,
-  `{{ asset | llava_assets_hub_command(helper_dir, token_set) }}`, `{{ endpoint | llava_assets_hub_env }}`.
-- `{{ seed_addresses | llava_assets_fanout_key_options(dests, expiry, ssh_version) }}`, `{{ run_id |
+- `{{ asset | llava_assets_fanout_command(key, user, address) }}`,
+  `{{ asset | llava_assets_local_copy(owner, helper_dir) }}`,
+  `{{ owner | llava_assets_owner_rsync_path(helper_dir, become) }}` (rsync's receiver as the owner UID:GID of
+  the container's tree),
+  `{{ asset | llava_assets_hub_command(helper_dir, owner, token_set) }}`,
+  `{{ endpoint | llava_assets_hub_env }}`.
+- `{{ seed_addresses | llava_assets_fanout_key_options(dests, expiry, ssh_version, owner) }}`, `{{ run_id |
   llava_assets_fanout_key_comment }}`, `{{ None | llava_assets_fanout_key_pattern }}`: the fan-out key's
   authorized_keys options, comment, and the pattern of every key line this tool added.
 - `{{ plan | llava_assets_status_ops }}`, `..._space_ops(todo, statuses, margin)`,
@@ -45,8 +49,10 @@ def llava_assets_fanout_command(
     return assets_plan.fanout_command(asset, key_file, user, address)
 
 
-def llava_assets_hub_command(asset: Mapping[str, Any], helper_dir: str, token_set: bool = False) -> list[str]:
-    return assets_plan.hub_command(asset, helper_dir, bool(token_set))
+def llava_assets_hub_command(
+    asset: Mapping[str, Any], helper_dir: str, owner: str, token_set: bool = False
+) -> list[str]:
+    return assets_plan.hub_command(asset, helper_dir, owner, bool(token_set))
 
 
 def llava_assets_hub_env(endpoint: str | None) -> dict[str, str]:
@@ -54,9 +60,23 @@ def llava_assets_hub_env(endpoint: str | None) -> dict[str, str]:
 
 
 def llava_assets_fanout_key_options(
-    seed_addresses: Sequence[str], destinations: Sequence[str], expiry: str | None, ssh_version: str | None
+    seed_addresses: Sequence[str],
+    destinations: Sequence[str],
+    expiry: str | None,
+    ssh_version: str | None,
+    owner: str,
 ) -> str:
-    return assets_plan.fanout_key_options(seed_addresses, destinations, expiry, ssh_version)
+    return assets_plan.fanout_key_options(seed_addresses, destinations, expiry, ssh_version, owner)
+
+
+def llava_assets_owner_rsync_path(owner: str, helper_dir: str, become: bool = False) -> str:
+    """synchronize's rsync_path: the receiver on the server as OWNER (through sudo when the play becomes
+    root, which synchronize adds itself only when no rsync_path is given)."""
+    return ("sudo " if become else "") + assets_plan.owner_receiver(owner, helper_dir)
+
+
+def llava_assets_local_copy(asset: Mapping[str, Any], owner: str, helper_dir: str) -> list[str]:
+    return assets_plan.local_copy_command(asset, owner, helper_dir)
 
 
 def llava_assets_fanout_key_pattern(_: Any = None) -> str:
@@ -91,9 +111,10 @@ def llava_host_path(container_path: str, llava: Mapping[str, Any]) -> str:
 
 
 def llava_assets_python_files(_: Any = None) -> dict[str, str]:
-    from llava_devserver import assets_archive, assets_manifest, assets_verify, fanout_receive
+    from llava_devserver import as_owner, assets_archive, assets_manifest, assets_verify, fanout_receive
 
     return {
+        assets_plan.OWNER_RECEIVER: str(as_owner.__file__),
         "assets_archive.py": str(assets_archive.__file__),
         "assets_manifest.py": str(assets_manifest.__file__),
         "assets_verify.py": str(assets_verify.__file__),
@@ -106,7 +127,8 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "llava_assets_control_fingerprints": assets_plan.control_fingerprints,
     "llava_assets_seeds": llava_assets_seeds,
     "llava_assets_fanout_command": llava_assets_fanout_command,
-    "llava_assets_local_copy": assets_plan.local_copy_command,
+    "llava_assets_local_copy": llava_assets_local_copy,
+    "llava_assets_owner_rsync_path": llava_assets_owner_rsync_path,
     "llava_assets_batch": assets_plan.batch_command,
     "llava_assets_batch_results": assets_plan.batch_results,
     "llava_assets_status_ops": assets_plan.status_ops,
