@@ -286,8 +286,10 @@ class _Writer:
         try:
             fd = os.open(name, _NEW_FILE_FLAGS, 0o644, dir_fd=dir_fd)
         except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.EEXIST):
-                raise ArchiveError(f"{relative} is a link in the image folder: refused") from None
+            if exc.errno in (errno.ELOOP, errno.EEXIST):  # planted between the unlink and the open
+                raise ArchiveError(
+                    f"{relative} was replaced in the image folder while written: refused"
+                ) from None
             raise
         with os.fdopen(fd, "wb") as handle:
             shutil.copyfileobj(source, handle, CHUNK)
@@ -405,7 +407,10 @@ def unpack(
                 present = set(os.listdir(folder_fd))
             result["errors"] += [f"{folder}/{name}: {e}" for e in entry["errors"]]
         if result["changed"]:
-            _write_marker(folder_fd, marker)
+            try:
+                _write_marker(folder_fd, marker)
+            except OSError as exc:  # e.g. a folder planted under the marker's (temporary) name
+                result["errors"].append(f"{folder}/{MARKER}: cannot write the marker: {exc}")
     finally:
         os.close(folder_fd)
     return result

@@ -264,3 +264,15 @@ def test_a_fifo_planted_by_the_container_does_not_hang_root(work: Path, what: st
             f"{folder}/images.zip: the caption file {planted} cannot be read safely: {planted} is not a "
             "regular file: refused"
         ]
+
+
+def test_a_folder_planted_as_the_marker_is_reported_not_a_crash(work: Path) -> None:
+    """The images are unpacked; the marker cannot replace a folder: the result says so (the role names the
+    host and the file) instead of a traceback."""
+    folder = work / "data" / "images"
+    write_zip(folder / "images.zip", IMAGES)
+    (folder / assets_archive.MARKER).mkdir()
+    result = unpack(work)
+    assert result["archives"][0]["state"] == "unpacked"
+    (error,) = result["errors"]
+    assert error.startswith(f"{folder}/{assets_archive.MARKER}: cannot write the marker: ")
