@@ -17,9 +17,15 @@ unpacked into that folder, once:
   and mtime and the top-level names it created; an archive whose marker entry matches (and whose names are
   all there) is not unpacked again. The fingerprint of the images asset (assets_manifest.py) leaves the
   marker and those names out, so the asset still has its source's fingerprint (the archive);
-- **safe in a folder the container can write**: root never follows a link there. Every directory below
-  ROOT is opened with O_NOFOLLOW relative to its parent (openat), files are created with O_NOFOLLOW, and
-  members that are absolute, contain `..`, or are links or devices are refused.
+- **safe in a folder the container can write**: root never follows a link there, nor reads or writes
+  anything by a path below ROOT. Every directory below ROOT is opened with O_NOFOLLOW relative to its parent
+  (openat); the marker, each archive and the caption file are opened once that way (O_NOFOLLOW, O_NONBLOCK
+  so that a FIFO planted under the name cannot hang root), checked with fstat to be the regular file that
+  was listed, and read through that descriptor; an archive that is a link is refused, a marker that is one
+  counts as missing (and is replaced by a real file). A link under a member's name is refused; a file
+  there is unlinked and the member written as a fresh file (O_CREAT|O_EXCL|O_NOFOLLOW), so a hard link
+  planted under the name is replaced, never written through. Members that are absolute, contain `..`, or
+  are links or devices are refused.
 
 Prints one JSON object `{"changed", "archives": [{name, state: unpacked|unchanged|failed, members,
 bytes, strip, errors}], "errors"}`; exits 1 when an archive could not be unpacked, 2 on a usage error.
@@ -82,52 +88,43 @@ def _clean_name(raw: str) -> str:
     return "/".join(parts)
 
 
-def members(path: str) -> list[Member]:
-    """The members of a zip or tar archive; ArchiveError for links, devices and unsafe names."""
-    found: list[Member] = []
-    if path.lower().endswith(".zip"):
-        with zipfile.ZipFile(path) as archive:
+def members(source: Any, name: str) -> list[Member]:
+    """The members of the zip or tar archive open as SOURCE (a seekable binary file object; NAME tells the
+    kind); ArchiveError for links, devices and unsafe names."""
+    return [member for member, _ in _open_members(source, name, read=False)]
+
+
+def _open_members(source: Any, name: str, read: bool = True) -> Iterator[tuple[Member, Any]]:
+    """(member, readable file object, or None for a directory or when not READ), in archive order, each
+    checked as members() checks them (the container may rewrite the archive between two passes)."""
+    source.seek(0)
+    if name.lower().endswith(".zip"):
+        with zipfile.ZipFile(source) as archive:
             for info in archive.infolist():
                 mode = (info.external_attr >> 16) & 0xFFFF
                 if mode and stat.S_ISLNK(mode):
                     raise ArchiveError(f"member {info.filename!r} is a symbolic link")
-                name = _clean_name(info.filename)
-                if name:
-                    mtime = time.mktime((*info.date_time, 0, 0, -1))
-                    found.append(Member(name, info.file_size, info.is_dir(), mtime))
-        return found
-    with tarfile.open(path, "r:*") as tar:
-        for tar_info in tar:
-            if not (tar_info.isfile() or tar_info.isdir()):
-                raise ArchiveError(f"member {tar_info.name!r} is a link or a device")
-            name = _clean_name(tar_info.name)
-            if name:
-                found.append(Member(name, tar_info.size, tar_info.isdir(), float(tar_info.mtime)))
-    return found
-
-
-def _open_members(path: str) -> Iterator[tuple[Member, Any]]:
-    """(member, readable file object or None for a directory), in archive order."""
-    if path.lower().endswith(".zip"):
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                name = _clean_name(info.filename)
-                if not name:
+                clean = _clean_name(info.filename)
+                if not clean:
                     continue
-                member = Member(name, info.file_size, info.is_dir(), time.mktime((*info.date_time, 0, 0, -1)))
-                if member.is_dir:
+                member = Member(
+                    clean, info.file_size, info.is_dir(), time.mktime((*info.date_time, 0, 0, -1))
+                )
+                if member.is_dir or not read:
                     yield member, None
                 else:
                     with archive.open(info) as handle:
                         yield member, handle
         return
-    with tarfile.open(path, "r:*") as tar:
+    with tarfile.open(fileobj=source, mode="r:*") as tar:
         for tar_info in tar:
-            name = _clean_name(tar_info.name)
-            if not name:
+            if not (tar_info.isfile() or tar_info.isdir()):
+                raise ArchiveError(f"member {tar_info.name!r} is a link or a device")
+            clean = _clean_name(tar_info.name)
+            if not clean:
                 continue
-            member = Member(name, tar_info.size, tar_info.isdir(), float(tar_info.mtime))
-            yield member, (None if tar_info.isdir() else tar.extractfile(tar_info))
+            member = Member(clean, tar_info.size, tar_info.isdir(), float(tar_info.mtime))
+            yield member, (None if member.is_dir or not read else tar.extractfile(tar_info))
 
 
 def common_top(names: list[str]) -> str | None:
@@ -140,10 +137,10 @@ def common_top(names: list[str]) -> str | None:
     return None
 
 
-def caption_images(caption: str, sample: int) -> list[str]:
-    """Image paths of the caption JSON's records (every `sample`-th record spread over the file; 0: all)."""
-    with open(caption, encoding="utf-8") as handle:
-        records = json.load(handle)
+def caption_images(handle: Any, caption: str, sample: int) -> list[str]:
+    """Image paths of the caption JSON's records read from HANDLE (CAPTION names it in messages), every
+    `sample`-th record spread over the file (0: all)."""
+    records = json.load(handle)
     if not isinstance(records, list):
         raise ArchiveError(f"{caption}: not a JSON list of records")
     images = [str(r["image"]) for r in records if isinstance(r, dict) and r.get("image")]
@@ -168,23 +165,37 @@ def choose_strip(names: list[str], wanted: list[str]) -> tuple[str, list[str]]:
 
 # --- safe writing --------------------------------------------------------------------------------------
 
-_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
-_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW
+# O_NONBLOCK: opening a FIFO the container planted under the name does not hang root (it is then refused)
+_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+# always a fresh file: what was under the name is unlinked first, anything planted there since fails here
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+
+
+def _parts(relative: str) -> list[str]:
+    parts = [p for p in relative.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ArchiveError(f"{relative} leaves the folder (..): refused")
+    return parts
 
 
 def open_below(root: str, relative: str, create: bool = False) -> int:
-    """A descriptor of ROOT/RELATIVE, never through a link below ROOT (ROOT itself is the admin's)."""
-    fd = os.open(root, _DIR_FLAGS)
+    """A descriptor of the directory ROOT/RELATIVE, never through a link below ROOT (ROOT itself is the
+    admin's); ArchiveError naming the first component that is a link or not a directory."""
+    fd = os.open(root, DIR_FLAGS)
+    reached = root.rstrip("/") or "/"
     try:
-        for part in [p for p in relative.split("/") if p]:
+        for part in _parts(relative):
+            reached = posixpath.join(reached, part)
             if create:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(part, 0o755, dir_fd=fd)
             try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                child = os.open(part, DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise ArchiveError(f"{root}/{relative} is a link or not a directory: refused") from None
+                    raise ArchiveError(f"{reached} is a link or not a directory: refused") from None
                 raise
             os.close(fd)
             fd = child
@@ -192,6 +203,42 @@ def open_below(root: str, relative: str, create: bool = False) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def open_file_at(dir_fd: int, name: str, shown: str) -> int:
+    """A read descriptor of the regular file NAME in the directory DIR_FD, never through a link, nor of a
+    FIFO or device swapped in after the check (SHOWN names it in messages); FileNotFoundError when absent."""
+    listed = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if stat.S_ISLNK(listed.st_mode):
+        raise ArchiveError(f"{shown} is a symbolic link: refused, not followed")
+    if not stat.S_ISREG(listed.st_mode):
+        raise ArchiveError(f"{shown} is not a regular file: refused")
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ArchiveError(f"{shown} is a symbolic link: refused, not followed") from None
+        raise
+    try:
+        opened = os.fstat(fd)
+        same = (opened.st_dev, opened.st_ino) == (listed.st_dev, listed.st_ino)
+        if not (same and stat.S_ISREG(opened.st_mode)):
+            raise ArchiveError(f"{shown} was replaced while it was opened: refused")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_file_below(root: str, relative: str) -> int:
+    """A read descriptor of the regular file ROOT/RELATIVE, no component below ROOT followed as a link."""
+    parent, name = posixpath.split(posixpath.normpath(relative))
+    dir_fd = open_below(root, parent)
+    try:
+        return open_file_at(dir_fd, name, posixpath.join(root, relative))
+    finally:
+        os.close(dir_fd)
 
 
 class _Writer:
@@ -211,7 +258,7 @@ class _Writer:
                 for part in [p for p in relative.split("/") if p]:
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(part, 0o755, dir_fd=fd)
-                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    child = os.open(part, DIR_FLAGS, dir_fd=fd)
                     os.close(fd)
                     fd = child
             except OSError as exc:
@@ -229,35 +276,48 @@ class _Writer:
         parent, name = posixpath.split(relative)
         dir_fd = self.directory(parent)
         try:
-            fd = os.open(name, _FILE_FLAGS, 0o644, dir_fd=dir_fd)
+            there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            there = None
+        if there is not None:
+            if stat.S_ISLNK(there.st_mode):
+                raise ArchiveError(f"{relative} is a link in the image folder: refused")
+            os.unlink(name, dir_fd=dir_fd)  # the name only: a hard link's other names keep their content
+        try:
+            fd = os.open(name, _NEW_FILE_FLAGS, 0o644, dir_fd=dir_fd)
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise ArchiveError(f"{relative} is a link in the image folder: refused") from None
+            if exc.errno in (errno.ELOOP, errno.EEXIST):  # planted between the unlink and the open
+                raise ArchiveError(
+                    f"{relative} was replaced in the image folder while written: refused"
+                ) from None
             raise
         with os.fdopen(fd, "wb") as handle:
             shutil.copyfileobj(source, handle, CHUNK)
-        os.utime(name, (mtime, mtime), dir_fd=dir_fd, follow_symlinks=False)
+            handle.flush()
+            os.utime(handle.fileno(), (mtime, mtime))
 
 
 # --- the marker ----------------------------------------------------------------------------------------
 
 
-def read_marker(folder: str) -> dict[str, Any]:
-    """The marker of FOLDER ({} when missing, unreadable or a link)."""
+def read_marker(folder_fd: int) -> dict[str, Any]:
+    """The marker in the open folder FOLDER_FD ({} when missing, unreadable, not a regular file or a link:
+    root never reads through a link, and a missing marker only means the archives are unpacked again)."""
     try:
-        fd = os.open(os.path.join(folder, MARKER), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = open_file_at(folder_fd, MARKER, MARKER)
         with os.fdopen(fd, encoding="utf-8") as handle:
             data = json.load(handle)
-    except (OSError, ValueError):
+    except (ArchiveError, OSError, ValueError):
         return {}
     if not isinstance(data, dict) or data.get("version") != MARKER_VERSION:
         return {}
     return data
 
 
-def unpacked_entries(folder: str) -> list[str]:
-    """Top-level names of FOLDER that its archives created, and the marker: what fingerprints leave out."""
-    marker = read_marker(folder)
+def unpacked_entries(folder_fd: int) -> list[str]:
+    """Top-level names of the open folder FOLDER_FD that its archives created, and the marker: what
+    fingerprints leave out."""
+    marker = read_marker(folder_fd)
     if not marker:
         return []
     names = [MARKER]
@@ -271,7 +331,7 @@ def _write_marker(folder_fd: int, marker: dict[str, Any]) -> None:
     temporary = MARKER + ".tmp"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(temporary, dir_fd=folder_fd)
-    fd = os.open(temporary, _FILE_FLAGS | os.O_EXCL, 0o644, dir_fd=folder_fd)
+    fd = os.open(temporary, _NEW_FILE_FLAGS, 0o644, dir_fd=folder_fd)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(marker, handle, indent=1, sort_keys=True)
     os.rename(temporary, MARKER, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
@@ -280,9 +340,33 @@ def _write_marker(folder_fd: int, marker: dict[str, Any]) -> None:
 # --- unpack --------------------------------------------------------------------------------------------
 
 
-def _archive_id(path: str) -> dict[str, Any]:
-    info = os.stat(path)
+def _archive_id(fd: int) -> dict[str, Any]:
+    info = os.fstat(fd)
     return {"size": info.st_size, "mtime": int(info.st_mtime)}
+
+
+def _is_dir_at(dir_fd: int, name: str) -> bool:
+    """Whether NAME in DIR_FD is a directory itself (not a link to one): anything else named like an
+    archive is listed, so that a link or a FIFO there is refused by name rather than silently skipped."""
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return True  # gone since the listing: nothing to unpack
+
+
+def _read_caption(root: str, caption: str, sample: int) -> list[str] | None:
+    """caption_images of CAPTION, opened below ROOT without following a link; None when it does not exist."""
+    relative = os.path.relpath(os.path.abspath(caption), root)
+    if relative == ".." or relative.startswith("../"):
+        raise ArchiveError(f"the caption file {caption} is not below {root}: refused")
+    try:
+        fd = open_file_below(root, relative)
+    except FileNotFoundError:
+        return None
+    except ArchiveError as exc:
+        raise ArchiveError(f"the caption file {caption} cannot be read safely: {exc}") from None
+    with os.fdopen(fd, encoding="utf-8") as handle:
+        return caption_images(handle, caption, sample)
 
 
 def unpack(
@@ -300,24 +384,22 @@ def unpack(
     if relative == ".." or relative.startswith("../"):
         result["errors"].append(f"{folder} is not below {root}")
         return result
-    if not os.path.isdir(folder):
-        return result  # nothing staged there (yet): nothing to unpack
     try:
         folder_fd = open_below(root, "" if relative == "." else relative)
+    except FileNotFoundError:
+        return result  # nothing staged there (yet): nothing to unpack
     except (ArchiveError, OSError) as exc:
         result["errors"].append(str(exc))
         return result
     try:
-        marker = read_marker(folder) or {"version": MARKER_VERSION, "archives": {}}
+        marker = read_marker(folder_fd) or {"version": MARKER_VERSION, "archives": {}}
         present = set(os.listdir(folder_fd))
-        archives = sorted(
-            n
-            for n in present
-            if is_archive(n) and stat.S_ISREG(os.stat(n, dir_fd=folder_fd, follow_symlinks=False).st_mode)
-        )
+        archives = sorted(n for n in present if is_archive(n) and not _is_dir_at(folder_fd, n))
         wanted: list[str] | None = None
         for name in archives:
-            entry = _unpack_one(folder, folder_fd, name, marker, present, caption, sample, margin, wanted)
+            entry = _unpack_one(
+                root, folder, folder_fd, name, marker, present, caption, sample, margin, wanted
+            )
             wanted = entry.pop("_wanted", wanted)
             result["archives"].append(entry)
             if entry["state"] == "unpacked":
@@ -325,13 +407,17 @@ def unpack(
                 present = set(os.listdir(folder_fd))
             result["errors"] += [f"{folder}/{name}: {e}" for e in entry["errors"]]
         if result["changed"]:
-            _write_marker(folder_fd, marker)
+            try:
+                _write_marker(folder_fd, marker)
+            except OSError as exc:  # e.g. a folder planted under the marker's (temporary) name
+                result["errors"].append(f"{folder}/{MARKER}: cannot write the marker: {exc}")
     finally:
         os.close(folder_fd)
     return result
 
 
 def _unpack_one(
+    root: str,
     folder: str,
     folder_fd: int,
     name: str,
@@ -342,9 +428,6 @@ def _unpack_one(
     margin: int,
     wanted: list[str] | None,
 ) -> dict[str, Any]:
-    path = os.path.join(folder, name)
-    ident = _archive_id(path)
-    done = (marker.get("archives") or {}).get(name)
     entry: dict[str, Any] = {
         "name": name,
         "state": "unchanged",
@@ -353,69 +436,79 @@ def _unpack_one(
         "strip": "",
         "errors": [],
     }
-    if (
-        isinstance(done, dict)
-        and all(done.get(k) == ident[k] for k in ident)
-        and all(t in present for t in done.get("top") or [])
-    ):
-        entry.update(members=done.get("members", 0), bytes=done.get("bytes", 0), strip=done.get("strip", ""))
+    try:  # opened once, never through a link: every read below is of this descriptor
+        fd = open_file_at(folder_fd, name, "the archive")
+    except (ArchiveError, OSError) as exc:
+        entry.update(state="failed", errors=[str(exc)])
         return entry
-    entry["state"] = "failed"
-    try:
-        listed = members(path)
-        files = [m.name for m in listed if not m.is_dir]
-        if wanted is None and caption and os.path.isfile(caption):
-            wanted = caption_images(caption, sample)
-        entry["_wanted"] = wanted
-        strip, missing = choose_strip(files, wanted or [])
-        entry["strip"] = strip
-        images = [m for m in files if m.lower().endswith(IMAGE_SUFFIXES)]
-        if wanted and missing and len(missing) == len(wanted):
-            raise ArchiveError(
-                f"none of the {len(wanted)} sampled images of {caption} is in it (e.g. {wanted[0]}; "
-                f"it holds e.g. {(images or files or ['nothing'])[0]})"
+    with os.fdopen(fd, "rb") as source:
+        ident = _archive_id(source.fileno())
+        done = (marker.get("archives") or {}).get(name)
+        if (
+            isinstance(done, dict)
+            and all(done.get(k) == ident[k] for k in ident)
+            and all(t in present for t in done.get("top") or [])
+        ):
+            entry.update(
+                members=done.get("members", 0), bytes=done.get("bytes", 0), strip=done.get("strip", "")
             )
-        if missing:
-            raise ArchiveError(
-                f"{len(missing)} of {len(wanted or [])} sampled images of {caption} are not in it "
-                f"(e.g. {missing[0]})"
-            )
-        size = sum(m.size for m in listed if not m.is_dir)
-        free = os.statvfs(folder)
-        available = free.f_bavail * free.f_frsize
-        if available < size + margin:
-            raise ArchiveError(
-                f"not enough free space to unpack it: {_human(available)} available on the file system of "
-                f"{folder}, {_human(size + margin)} needed"
-            )
-        writer = _Writer(folder_fd)
-        tops = set()
-        count = 0
+            return entry
+        entry["state"] = "failed"
         try:
-            for member, handle in _open_members(path):
-                relative = member.name
-                if strip:
-                    if relative == strip:
-                        continue
-                    relative = relative[len(strip) + 1 :]
-                tops.add(relative.split("/", 1)[0])
-                if handle is None:
-                    writer.directory(relative)
-                else:
-                    writer.write(relative, handle, member.mtime)
-                    count += 1
-        finally:
-            writer.close()
-        tops.discard(name)
-        entry.update(state="unpacked", members=count, bytes=size)
-        marker.setdefault("archives", {})[name] = dict(
-            ident, top=sorted(tops), members=count, bytes=size, strip=strip
-        )
-    except ArchiveError as exc:
-        entry["errors"].append(str(exc))
-    except (OSError, zipfile.BadZipFile, tarfile.TarError, ValueError, EOFError) as exc:
-        entry["errors"].append(f"cannot unpack: {exc}")
-    return entry
+            listed = members(source, name)
+            files = [m.name for m in listed if not m.is_dir]
+            if wanted is None and caption:
+                wanted = _read_caption(root, caption, sample)
+            entry["_wanted"] = wanted
+            strip, missing = choose_strip(files, wanted or [])
+            entry["strip"] = strip
+            images = [m for m in files if m.lower().endswith(IMAGE_SUFFIXES)]
+            if wanted and missing and len(missing) == len(wanted):
+                raise ArchiveError(
+                    f"none of the {len(wanted)} sampled images of {caption} is in it (e.g. {wanted[0]}; "
+                    f"it holds e.g. {(images or files or ['nothing'])[0]})"
+                )
+            if missing:
+                raise ArchiveError(
+                    f"{len(missing)} of {len(wanted or [])} sampled images of {caption} are not in it "
+                    f"(e.g. {missing[0]})"
+                )
+            size = sum(m.size for m in listed if not m.is_dir)
+            free = os.fstatvfs(folder_fd)
+            available = free.f_bavail * free.f_frsize
+            if available < size + margin:
+                raise ArchiveError(
+                    f"not enough free space to unpack it: {_human(available)} available on the file system "
+                    f"of {folder}, {_human(size + margin)} needed"
+                )
+            writer = _Writer(folder_fd)
+            tops = set()
+            count = 0
+            try:
+                for member, handle in _open_members(source, name):
+                    relative = member.name
+                    if strip:
+                        if relative == strip:
+                            continue
+                        relative = relative[len(strip) + 1 :]
+                    tops.add(relative.split("/", 1)[0])
+                    if handle is None:
+                        writer.directory(relative)
+                    else:
+                        writer.write(relative, handle, member.mtime)
+                        count += 1
+            finally:
+                writer.close()
+            tops.discard(name)
+            entry.update(state="unpacked", members=count, bytes=size)
+            marker.setdefault("archives", {})[name] = dict(
+                ident, top=sorted(tops), members=count, bytes=size, strip=strip
+            )
+        except ArchiveError as exc:
+            entry["errors"].append(str(exc))
+        except (OSError, zipfile.BadZipFile, tarfile.TarError, ValueError, EOFError) as exc:
+            entry["errors"].append(f"cannot unpack: {exc}")
+        return entry
 
 
 def _human(n: float) -> str:

@@ -70,7 +70,7 @@ def _files(path: str) -> list[tuple[str, str]]:
     if os.path.isfile(path):
         return [("", path)]
     found = []
-    unpacked = set(assets_archive.unpacked_entries(path))  # what an archive of the folder created
+    unpacked = set(_unpacked_entries(path))  # what an archive of the folder created
     for root, dirs, names in os.walk(path):
         if root == path and unpacked:
             dirs[:] = [d for d in dirs if d not in unpacked]
@@ -80,6 +80,19 @@ def _files(path: str) -> list[tuple[str, str]]:
             full = os.path.join(root, name)
             found.append((os.path.relpath(full, path), full))
     return found
+
+
+def _unpacked_entries(folder: str) -> list[str]:
+    """assets_archive.unpacked_entries of FOLDER, its marker read on the folder's descriptor (the folder
+    opened without following a link; [] when it is one): root never reads the marker through a link."""
+    try:
+        fd = os.open(folder, assets_archive.DIR_FLAGS)
+    except OSError:
+        return []
+    try:
+        return assets_archive.unpacked_entries(fd)
+    finally:
+        os.close(fd)
 
 
 def _sha256(path: str) -> str:

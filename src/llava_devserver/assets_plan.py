@@ -105,6 +105,22 @@ def plan(llava: Mapping[str, Any], control_fingerprints: Mapping[str, Any] | Non
     }
 
 
+def parent_dirs(plan_: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """Container paths of the folders the assets NAMES are staged into (a directory asset's own folder, a
+    file's parent), each once, in plan order: made inside the container as its user, in one exec. Root on
+    the host never makes them: below work_dir every folder is the container user's, who may have replaced
+    it with a link to a host folder."""
+    found: list[str] = []
+    for asset in plan_["assets"]:
+        if asset["name"] not in names:
+            continue
+        dest = posixpath.normpath(str(asset["dest"]))
+        folder = dest if asset["is_dir"] else posixpath.dirname(dest)
+        if folder not in found:
+            found.append(folder)
+    return found
+
+
 def _fp_key(path: str, hash_small: int) -> str:
     return f"{hash_small}:{path}"
 

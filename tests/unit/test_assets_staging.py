@@ -338,6 +338,27 @@ def test_plan(assets: dict[str, Path]) -> None:
     )
 
 
+def test_parent_dirs_are_container_paths(assets: dict[str, Path]) -> None:
+    """The folders made in the container (as its user) before staging: a directory asset's own, a file's
+    parent, each once, container paths (never work_dir's host side), only for the assets named."""
+    settings = llava(
+        llm={"source": "control", "path": str(assets["llm"] / "config.json")},  # a file, per its fingerprint
+        images={"source": "control", "path": str(assets["images"])},
+        pretrain_json={"source": "server", "path": "/mnt/sfs/blip.json"},
+        vision_tower={"source": "hub", "repo_id": "org/clip"},
+    )
+    settings["assets"]["images"]["dest"] = "/home/ma-user/ws/sim-assets/images/"
+    plan = ap.plan(settings, ap.control_fingerprints([settings]))
+    base = "/home/ma-user/ws/sim-assets"
+    assert ap.parent_dirs(plan, ["images", "llm", "vision_tower", "pretrain_json"]) == [
+        f"{base}/images",
+        base,
+        f"{base}/vision_tower",
+    ]  # llm (a file) and the pretrain JSON share one parent
+    assert ap.parent_dirs(plan, ["pretrain_json"]) == [base]
+    assert ap.parent_dirs(plan, []) == []
+
+
 def test_operations_for_the_helper(assets: dict[str, Path]) -> None:
     settings = llava(
         llm={"source": "control", "path": str(assets["llm"])},

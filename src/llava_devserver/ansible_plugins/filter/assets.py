@@ -16,6 +16,7 @@
   `..._verify_ops(names, sample)`, `..._mark_ops(reasons)`: operations of the server-side helper;
   `{{ ops | llava_assets_batch(plan) }}` its command line, `{{ result | llava_assets_batch_results(ops) }}`
   name -> outcome.
+- `{{ plan | llava_assets_parent_dirs(names) }}`: container paths of the folders those assets go into.
 - `{{ stdout | llava_assets_rsync_bytes }}`, `{{ results | llava_assets_space_problems(host) }}`,
   `{{ results | llava_assets_verify_problems(host) }}`, `{{ plan | llava_assets_report(...) }}`.
 - `{{ container_path | llava_host_path(llava) }}`: its server path under work_dir.
@@ -135,6 +136,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "llava_assets_space_ops": assets_plan.space_ops,
     "llava_assets_verify_ops": assets_plan.verify_ops,
     "llava_assets_mark_ops": assets_plan.mark_ops,
+    "llava_assets_parent_dirs": assets_plan.parent_dirs,
     "llava_assets_hub_command": llava_assets_hub_command,
     "llava_assets_hub_env": llava_assets_hub_env,
     "llava_assets_fanout_key_options": llava_assets_fanout_key_options,
