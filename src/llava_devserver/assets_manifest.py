@@ -327,7 +327,7 @@ def space(
     try:
         checked, free = _free_space(path, root)
     except assets_verify.Refused as exc:
-        error = f"{exc}: the free space is not checked through it"
+        error = f"{exc} (the free space is not checked through it)"
         return {**result, "checked": None, "avail": 0, "ok": False, "errors": [error]}
     avail = free.f_bavail * free.f_frsize
     return {**result, "checked": checked, "avail": avail, "ok": avail >= need}

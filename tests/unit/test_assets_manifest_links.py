@@ -277,8 +277,8 @@ def test_the_free_space_check_follows_no_link(work: Path, victim: Path, tmp_path
         )
     )
     assert out["ok"] is False and out["errors"] == [
-        f"{folder} is a symbolic link: refused, not followed (an asset holds no links): "
-        "the free space is not checked through it"
+        f"{folder} is a symbolic link: refused, not followed (an asset holds no links) "
+        "(the free space is not checked through it)"
     ]
     assert ap.space_problems({"llm": out}, "devserver-1") == [
         f"devserver-1: assets.llm: the free-space check failed: {out['errors'][0]}"
@@ -300,6 +300,33 @@ def test_mark_records_a_link_asset_without_reading_it(work: Path, victim: Path, 
     (out,) = am.batch(ap.mark_ops(planned, {"llm": "not staged: the copy failed"}))
     assert out["ok"] is False and out["fingerprint"] is None
     assert am.fingerprint(str(folder)) is not None  # without root the path itself is the admin's
+    assert snapshot(victim) == before
+
+
+@pytest.mark.parametrize("planted", ["config.json", "shard", "tokenizer.json", "index-escape"])
+def test_the_kind_checks_alone_follow_no_link(work: Path, victim: Path, planted: str) -> None:
+    """assets_verify on its own (as if the link were swapped in after the scan): each file is opened
+    through one no-follow descriptor, and a shard name in the index that leaves the folder is refused."""
+    from llava_devserver import assets_verify
+
+    before = snapshot(victim)
+    llm = work / DESTS["llm"]
+    index_path = llm / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    shard = sorted(set(index["weight_map"].values()))[0]
+    if planted == "index-escape":  # the victim's copy of the shard, named through ../
+        escape = os.path.relpath(victim / "sim-assets" / "llm" / shard, llm)
+        index["weight_map"] = {k: escape if v == shard else v for k, v in index["weight_map"].items()}
+        index_path.write_text(json.dumps(index))
+        shown = f"shard name {escape!r} leaves the model folder: refused"
+    else:
+        name = shard if planted == "shard" else planted
+        (llm / name).unlink()
+        (llm / name).symlink_to(victim / "sim-assets" / "llm" / name)
+        shown = f"{llm / name} is a symbolic link: refused, not followed"
+    result = assets_verify.verify_weights(str(llm), root=str(work))
+    assert not result.ok and any(shown in e for e in result.errors), result.errors
+    assert SECRET not in json.dumps(result.to_dict())
     assert snapshot(victim) == before
 
 
