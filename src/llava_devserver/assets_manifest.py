@@ -3,14 +3,15 @@
 Standalone on purpose (Python 3 standard library only, like assets_verify.py beside which the role copies it):
 
     python3 assets_manifest.py status  --manifest M --name NAME --path P [--hash-small N] [--expect DIGEST]
-                                       [--source SERVER_PATH]
+                                       [--source SERVER_PATH] [--root WORK_DIR]
     python3 assets_manifest.py verify  --manifest M --name NAME --kind KIND --path P [--image-root R]
                                        [--sample N] [--hash-small N] [--source-digest DIGEST]
-    python3 assets_manifest.py mark    --manifest M --name NAME --path P --error MESSAGE
-    python3 assets_manifest.py space   --path P --bytes N [--present N] [--margin N]
+                                       [--root WORK_DIR]
+    python3 assets_manifest.py mark    --manifest M --name NAME --path P --error MESSAGE [--root WORK_DIR]
+    python3 assets_manifest.py space   --path P --bytes N [--present N] [--margin N] [--root WORK_DIR]
     python3 assets_manifest.py hub-download --repo-id ID --revision REV --repo-type T --dest P [--file NAME]
                                             [--token-stdin] --owner UID:GID
-    python3 assets_manifest.py fingerprint P [--hash-small N]
+    python3 assets_manifest.py fingerprint P [--hash-small N] [--root WORK_DIR]
     python3 assets_manifest.py batch '[{"op": "status", "manifest": ..., "name": ..., "path": ...}, ...]'
 
 `batch` runs several of status/verify/mark/space (keyword arguments as below) in one process: the role
@@ -24,6 +25,17 @@ The fingerprint of a file or directory is cheap on purpose: every file's relativ
 tokenizers, shard indexes), their SHA-256. Large shards and the images are not re-read on a re-run: the
 manifest records the fingerprint an asset had when it was verified, and `status` calls it verified only
 while the fingerprint is unchanged (and equal to the source's, when the role gives one).
+
+Root reads what the training container's user owns (everything below work_dir, `--root`/`root`, the one
+trusted path), who may replace any file or folder there with a symbolic link or a FIFO at any moment:
+every component below ROOT is opened without following a link, every file read through one no-follow
+descriptor of a regular file (assets_verify.Tree, on assets_archive.open_below / open_file_at). An asset
+that is a link, lies below one, or holds a link (or a FIFO, socket, device) anywhere inside is not
+verified: `status` calls it stale and `verify` records it as failed, each naming the link (its path, never
+what it points to), and nothing is read through it (real assets hold no links: huggingface_hub's local_dir
+downloads and rsync -a copies of real files are real files). Without ROOT, or for a path outside it (a
+source on the server's own storage, the control node's), the path itself is the admin's and followed,
+nothing inside it is. The fingerprint of an asset without links is the same as before this rule.
 
 The manifest (`{host_state_dir}/assets-manifest.json`, host_state_dir being llava.host_state_dir, the
 root-only folder outside work_dir that the training container cannot reach) is honest: `verify` writes the
@@ -39,6 +51,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -66,63 +79,88 @@ _HUB_SCRIPT_DOC = (
 # --- fingerprints ---------------------------------------------------------------------------------------
 
 
-def _files(path: str) -> list[tuple[str, str]]:
-    if os.path.isfile(path):
-        return [("", path)]
-    found = []
-    unpacked = set(_unpacked_entries(path))  # what an archive of the folder created
-    for root, dirs, names in os.walk(path):
-        if root == path and unpacked:
-            dirs[:] = [d for d in dirs if d not in unpacked]
-            names = [n for n in names if n not in unpacked]
-        dirs.sort()
-        for name in sorted(names):
-            full = os.path.join(root, name)
-            found.append((os.path.relpath(full, path), full))
-    return found
+def scan(path: str, hash_small: int = 0, root: str | None = None) -> tuple[dict[str, Any] | None, list[str]]:
+    """(fingerprint of PATH, why it cannot be trusted): the fingerprint is None when nothing is at PATH or
+    PATH (or a folder on the way below ROOT) is a link; the problems name every link, FIFO, socket or
+    device at PATH or inside it, none of which is followed or read."""
+    with assets_verify.Tree(path, root) as tree:
+        try:
+            top = tree.lstat(path)
+        except assets_verify.Refused as exc:
+            return None, [str(exc)]
+        if top is None:
+            return None, []
+        problem = assets_verify.entry_problem(path, top)
+        if problem and not stat.S_ISDIR(top.st_mode):
+            return None, [problem]
+        try:
+            if stat.S_ISDIR(top.st_mode):
+                return _fingerprint_dir(tree, path, hash_small)
+            line = f"\t{top.st_size}\t{int(top.st_mtime)}"
+            if 0 < top.st_size <= hash_small:
+                line += "\t" + _sha256(tree.open_file(path))
+        except assets_verify.Refused as exc:  # swapped for a link (or FIFO) since it was looked at
+            return None, [str(exc)]
+        except FileNotFoundError:  # gone since
+            return None, []
+        digest = hashlib.sha256(b"file\n")
+        digest.update(line.encode("utf-8", "surrogateescape") + b"\n")
+        return {"files": 1, "bytes": top.st_size, "digest": digest.hexdigest()}, []
 
 
-def _unpacked_entries(folder: str) -> list[str]:
-    """assets_archive.unpacked_entries of FOLDER, its marker read on the folder's descriptor (the folder
-    opened without following a link; [] when it is one): root never reads the marker through a link."""
+def _fingerprint_dir(
+    tree: assets_verify.Tree, path: str, hash_small: int
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """Every file's line in os.walk order (sorted), the names an archive of the folder unpacked (and its
+    marker) left out at the top; a link counts as a broken file (`-1`), never followed."""
+    problems: list[str] = []
+    digest = hashlib.sha256(b"dir\n")
+    files = total = 0
+    folder_fd = tree.open_dir(path)
     try:
-        fd = os.open(folder, assets_archive.DIR_FLAGS)
-    except OSError:
-        return []
-    try:
-        return assets_archive.unpacked_entries(fd)
+        unpacked = assets_archive.unpacked_entries(folder_fd)  # the marker read on the folder's descriptor
     finally:
-        os.close(fd)
+        os.close(folder_fd)
+    for relative, dir_fd, name, info in tree.walk(path, skip=unpacked, problems=problems):
+        shown = os.path.join(path, relative)
+        problem = assets_verify.entry_problem(shown, info)
+        if stat.S_ISLNK(info.st_mode):
+            problems.append(str(problem))
+            digest.update(f"{relative}\t-1\t0\n".encode("utf-8", "surrogateescape"))
+            files += 1
+            continue
+        if problem:
+            problems.append(problem)
+        line = f"{relative}\t{info.st_size}\t{int(info.st_mtime)}"
+        if problem is None and 0 < info.st_size <= hash_small:
+            try:
+                line += "\t" + _sha256(assets_archive.open_file_at(dir_fd, name, shown))
+            except (assets_archive.ArchiveError, OSError) as exc:
+                problems.append(str(exc))
+        digest.update(line.encode("utf-8", "surrogateescape") + b"\n")
+        files += 1
+        total += info.st_size
+    return {"files": files, "bytes": total, "digest": digest.hexdigest()}, problems
 
 
-def _sha256(path: str) -> str:
+def _sha256(fd: int) -> str:
+    """SHA-256 of the open file FD (closed afterwards)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with os.fdopen(fd, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def fingerprint(path: str, hash_small: int = 0) -> dict[str, Any] | None:
-    """`{"files", "bytes", "digest"}` of a file or directory, None when it does not exist."""
-    if not os.path.exists(path):
-        return None
-    digest = hashlib.sha256(b"file\n" if os.path.isfile(path) else b"dir\n")
-    files = total = 0
-    for relative, full in _files(path):
-        try:
-            stat = os.stat(full)
-        except OSError:  # a dangling link counts as a (broken) file
-            digest.update(f"{relative}\t-1\t0\n".encode())
-            files += 1
-            continue
-        line = f"{relative}\t{stat.st_size}\t{int(stat.st_mtime)}"
-        if 0 < stat.st_size <= hash_small:
-            line += "\t" + _sha256(full)
-        digest.update(line.encode("utf-8", "surrogateescape") + b"\n")
-        files += 1
-        total += stat.st_size
-    return {"files": files, "bytes": total, "digest": digest.hexdigest()}
+def fingerprint(path: str, hash_small: int = 0, root: str | None = None) -> dict[str, Any] | None:
+    """`{"files", "bytes", "digest"}` of a file or directory, None when it does not exist (or cannot be
+    reached without following a link below ROOT)."""
+    return scan(path, hash_small, root)[0]
+
+
+def _not_verified(problems: list[str]) -> str:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"not verified: {problems[0]}{more}"
 
 
 # --- the manifest ---------------------------------------------------------------------------------------
@@ -166,19 +204,23 @@ def status(
     hash_small: int = 0,
     expect: str | None = None,
     source: str | None = None,
+    root: str | None = None,
 ) -> dict[str, Any]:
     """Read-only: `state` is `verified` (manifest entry ok for exactly this fingerprint, and the source's
-    when `expect` is given), `missing` (nothing at `path`) or `stale` (anything else, with a `reason`).
-    `source`: a path on this server the asset is copied from (its fingerprint is then `expect`)."""
-    current = fingerprint(path, hash_small)
+    when `expect` is given), `missing` (nothing at `path`) or `stale` (anything else, with a `reason`; a
+    link at, above or inside the asset is named there). `source`: a path on this server the asset is
+    copied from (its fingerprint is then `expect`). ROOT: work_dir, below which no link is followed."""
+    current, problems = scan(path, hash_small, root)
     result: dict[str, Any] = {"name": name, "path": path, "fingerprint": current}
     if source is not None and os.path.normpath(source) != os.path.normpath(path):
-        source_fp = fingerprint(source, hash_small)
+        source_fp = fingerprint(source, hash_small, root)
         result["source_fingerprint"] = source_fp
         if source_fp is None:
             return {**result, "state": "no-source", "reason": f"{source} does not exist on this server"}
         expect = source_fp["digest"]
     entry = read_manifest(manifest)["assets"].get(name)
+    if problems:
+        return {**result, "state": "stale", "reason": _not_verified(problems)}
     if current is None:
         return {**result, "state": "missing", "reason": f"{path} does not exist"}
     if expect is not None and current["digest"] != expect:
@@ -201,17 +243,21 @@ def verify(
     sample: int | None = 256,
     hash_small: int = 0,
     source_digest: str | None = None,
+    root: str | None = None,
 ) -> dict[str, Any]:
-    """Verify the asset with assets_verify and record the outcome (good or bad) in the manifest."""
-    if kind in ("llm", "vision_tower"):
-        result = assets_verify.verify_weights(path, kind=kind).to_dict()
-    elif kind == "pretrain_json":
-        result = assets_verify.verify_pretrain_json(path, image_root, sample=sample).to_dict()
-    elif kind == "images":
-        result = _verify_image_folder(path)
-    else:
+    """Verify the asset with assets_verify and record the outcome (good or bad) in the manifest. An asset
+    with a link at, above (below ROOT) or inside it is not read at all: it fails, the links named."""
+    if kind not in KINDS:
         raise ValueError(f"unknown asset kind {kind!r} ({', '.join(KINDS)})")
-    current = fingerprint(path, hash_small)
+    current, problems = scan(path, hash_small, root)
+    if problems:
+        result: dict[str, Any] = {"ok": False, "errors": list(problems), "details": {}}
+    elif kind in ("llm", "vision_tower"):
+        result = assets_verify.verify_weights(path, kind=kind, root=root).to_dict()
+    elif kind == "pretrain_json":
+        result = assets_verify.verify_pretrain_json(path, image_root, sample=sample, root=root).to_dict()
+    else:
+        result = _verify_image_folder(path, root)
     if source_digest is not None and current is not None and current["digest"] != source_digest:
         result["errors"].append(f"{path}: differs from its source after the transfer")
         result["ok"] = False
@@ -229,26 +275,31 @@ def verify(
     return {"name": name, **entry}
 
 
-def _verify_image_folder(path: str) -> dict[str, Any]:
-    """The images themselves are checked through the pretrain JSON's sample; here: a non-empty folder."""
+def _verify_image_folder(path: str, root: str | None = None) -> dict[str, Any]:
+    """The images themselves are checked through the pretrain JSON's sample; here: a non-empty folder
+    (every file counted, no link followed)."""
     errors: list[str] = []
     count = 0
-    if not os.path.isdir(path):
-        errors.append(f"{path}: image folder missing")
-    else:
-        for _root, _dirs, names in os.walk(path):
-            count += len(names)
-        if count == 0:
-            errors.append(f"{path}: image folder is empty")
+    with assets_verify.Tree(path, root) as tree:
+        try:
+            top = tree.lstat(path)
+        except assets_verify.Refused as exc:
+            top, errors = None, [str(exc)]
+        if top is None or not stat.S_ISDIR(top.st_mode):
+            errors = errors or [f"{path}: image folder missing"]
+        else:
+            count = sum(1 for _entry in tree.walk(path, problems=errors))
+            if count == 0 and not errors:
+                errors.append(f"{path}: image folder is empty")
     return {"ok": not errors, "path": path, "kind": "images", "errors": errors, "details": {"files": count}}
 
 
-def mark(manifest: str, name: str, path: str, error: str) -> dict[str, Any]:
+def mark(manifest: str, name: str, path: str, error: str, root: str | None = None) -> dict[str, Any]:
     """Record that the asset is NOT verified (it could not be staged), so no reader trusts an old entry."""
     entry = {
         "ok": False,
         "path": path,
-        "fingerprint": fingerprint(path),
+        "fingerprint": fingerprint(path, 0, root),
         "verified_at": _now(),
         "errors": [error],
         "details": {},
@@ -261,20 +312,57 @@ def mark(manifest: str, name: str, path: str, error: str) -> dict[str, Any]:
 
 
 def space(
-    path: str, need_bytes: int, present: int = 0, margin: int = 0, name: str | None = None
+    path: str,
+    need_bytes: int,
+    present: int = 0,
+    margin: int = 0,
+    name: str | None = None,
+    root: str | None = None,
 ) -> dict[str, Any]:
     """Whether the file system that will hold `path` has room for `need_bytes` (less what is already
-    there, plus `margin`). Checked at the nearest existing ancestor."""
+    there, plus `margin`). Checked at the nearest existing ancestor; below ROOT on a descriptor of that
+    folder opened without following a link (fstatvfs: a link there is refused, a FIFO never opened)."""
+    need = max(0, need_bytes - present) + margin
+    result: dict[str, Any] = {"name": name, "path": path, "need": need}
+    try:
+        checked, free = _free_space(path, root)
+    except assets_verify.Refused as exc:
+        error = f"{exc} (the free space is not checked through it)"
+        return {**result, "checked": None, "avail": 0, "ok": False, "errors": [error]}
+    avail = free.f_bavail * free.f_frsize
+    return {**result, "checked": checked, "avail": avail, "ok": avail >= need}
+
+
+def _free_space(path: str, root: str | None) -> tuple[str, Any]:
+    """(the nearest existing ancestor-or-self of PATH, its statvfs)."""
+    with assets_verify.Tree(path, root) as tree:
+        if not tree.trusted_path:
+            checked = os.path.abspath(path)
+            while checked != tree.root:
+                info = tree.lstat(checked)
+                if info is not None:
+                    problem = assets_verify.entry_problem(checked, info)
+                    if stat.S_ISDIR(info.st_mode):
+                        return checked, _fstatvfs(tree.open_dir(checked))
+                    if stat.S_ISLNK(info.st_mode) or checked != os.path.abspath(path):
+                        raise assets_verify.Refused(problem or f"{checked} is not a directory: refused")
+                    return checked, _fstatvfs(tree.open_dir(os.path.dirname(checked)))  # a file asset
+                checked = os.path.dirname(checked)
+            path = str(tree.root)  # the admin's: missing itself, its nearest existing parent counts
     checked = path
     while not os.path.exists(checked):
         parent = os.path.dirname(checked)
         if parent == checked:
             break
         checked = parent
-    stat = os.statvfs(checked)
-    avail = stat.f_bavail * stat.f_frsize
-    need = max(0, need_bytes - present) + margin
-    return {"name": name, "path": path, "checked": checked, "avail": avail, "need": need, "ok": avail >= need}
+    return checked, os.statvfs(checked)
+
+
+def _fstatvfs(fd: int) -> Any:
+    try:
+        return os.fstatvfs(fd)
+    finally:
+        os.close(fd)
 
 
 # --- Hugging Face downloads -----------------------------------------------------------------------------
@@ -426,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     p_fp = commands.add_parser("fingerprint")
     p_fp.add_argument("path")
     p_fp.add_argument("--hash-small", type=int, default=0)
+    for sub in (p_status, p_verify, p_mark, p_space, p_fp):
+        sub.add_argument("--root", help="the folder below which no link is followed (work_dir)")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
@@ -436,17 +526,20 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(batch(json.loads(args.operations)), sort_keys=True))
         return 0
     if args.command == "status":
-        out = status(args.manifest, args.name, args.path, args.hash_small, args.expect, args.source)
+        out = status(
+            args.manifest, args.name, args.path, args.hash_small, args.expect, args.source, root=args.root
+        )
     elif args.command == "verify":
         out = verify(
             args.manifest, args.name, args.kind, args.path, args.image_root,
             sample=args.sample or None, hash_small=args.hash_small, source_digest=args.source_digest,
+            root=args.root,
         )  # fmt: skip
         code = 0 if out["ok"] else 1
     elif args.command == "mark":
-        out = mark(args.manifest, args.name, args.path, args.error)
+        out = mark(args.manifest, args.name, args.path, args.error, root=args.root)
     elif args.command == "space":
-        out = space(args.path, args.bytes, args.present, args.margin)
+        out = space(args.path, args.bytes, args.present, args.margin, root=args.root)
     elif args.command == "hub-download":
         token = read_token(sys.stdin) if args.token_stdin else None
         out = hub_download_as(
@@ -455,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         code = int(out["code"])
     else:
-        out = {"path": args.path, "fingerprint": fingerprint(args.path, args.hash_small)}
+        out = {"path": args.path, "fingerprint": fingerprint(args.path, args.hash_small, args.root)}
     print(json.dumps(out, sort_keys=True))
     return code
 

@@ -47,7 +47,7 @@ def host_path(container_path: str, container_work_dir: str, work_dir: str) -> st
 
 
 def plan(llava: Mapping[str, Any], control_fingerprints: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """`{"assets": [...], "errors": [...], "manifest", "helper_dir"}` for one host.
+    """`{"assets": [...], "errors": [...], "manifest", "helper_dir", "work_dir"}` for one host.
 
     Each asset: `name`, `kind`, `source`, `path` (the source path), `dest` (container), `host_dest`,
     `is_dir`, `hash_small`, `image_root` (pretrain_json), hub fields, and for source control the source's
@@ -102,6 +102,8 @@ def plan(llava: Mapping[str, Any], control_fingerprints: Mapping[str, Any] | Non
         "errors": errors,
         "manifest": posixpath.join(str(llava["host_state_dir"]), MANIFEST),
         "helper_dir": HELPER_DIR,
+        # the server-side helpers' `root`: below it everything is the container user's, no link followed
+        "work_dir": posixpath.normpath(work_dir),
     }
 
 
@@ -187,7 +189,7 @@ def status_ops(plan_: Mapping[str, Any]) -> list[dict[str, Any]]:
     for asset in plan_["assets"]:
         op: dict[str, Any] = {
             "op": "status", "manifest": plan_["manifest"], "name": asset["name"], "path": asset["host_dest"],
-            "hash_small": asset["hash_small"],
+            "hash_small": asset["hash_small"], "root": plan_["work_dir"],
         }  # fmt: skip
         if asset["source"] == "control" and asset.get("source_fingerprint"):
             op["expect"] = asset["source_fingerprint"]["digest"]
@@ -214,6 +216,7 @@ def space_ops(
             "op": "space", "name": asset["name"], "path": asset["host_dest"],
             "need_bytes": int(source_fp.get("bytes") or 0),
             "present": int((status_.get("fingerprint") or {}).get("bytes") or 0), "margin": int(margin),
+            "root": plan_["work_dir"],
         })  # fmt: skip
     return ops
 
@@ -227,7 +230,7 @@ def verify_ops(plan_: Mapping[str, Any], names: Sequence[str], sample: int = 256
             continue
         op: dict[str, Any] = {
             "op": "verify", "manifest": plan_["manifest"], "name": asset["name"], "kind": asset["kind"],
-            "path": asset["host_dest"], "hash_small": asset["hash_small"],
+            "path": asset["host_dest"], "hash_small": asset["hash_small"], "root": plan_["work_dir"],
         }  # fmt: skip
         if asset["kind"] == "pretrain_json":
             op["image_root"] = asset.get("image_root")
@@ -247,6 +250,7 @@ def mark_ops(plan_: Mapping[str, Any], reasons: Mapping[str, str]) -> list[dict[
             "name": a["name"],
             "path": a["host_dest"],
             "error": reasons[a["name"]],
+            "root": plan_["work_dir"],
         }
         for a in plan_["assets"]
         if a["name"] in reasons

@@ -379,7 +379,8 @@ def test_operations_for_the_helper(assets: dict[str, Path]) -> None:
     spaces = ap.space_ops(plan, ["llm", "pretrain_json", "images"], statuses, margin=7)
     assert spaces == [
         {"op": "space", "name": "llm", "path": "/data/llava-devserver/sim-assets/llm",
-         "need_bytes": plan["assets"][1]["source_fingerprint"]["bytes"], "present": 100, "margin": 7},
+         "need_bytes": plan["assets"][1]["source_fingerprint"]["bytes"], "present": 100, "margin": 7,
+         "root": "/data/llava-devserver"},
     ]  # fmt: skip
     verify = ap.verify_ops(plan, ["pretrain_json", "images"], sample=0)
     assert [op["name"] for op in verify] == ["images", "pretrain_json"]
@@ -388,6 +389,10 @@ def test_operations_for_the_helper(assets: dict[str, Path]) -> None:
     )
     (mark,) = ap.mark_ops(plan, {"llm": "not staged: no room"})
     assert mark["error"] == "not staged: no room" and mark["op"] == "mark"
+    # every operation on the server knows work_dir, below which the helper follows no link
+    assert {op["root"] for op in [*status.values(), *verify, *ap.mark_ops(plan, {"llm": "x"})]} == {
+        "/data/llava-devserver"
+    }
     argv = ap.batch_command(verify, plan)
     assert argv[:3] == ["python3", "/usr/local/lib/llava-devserver/assets_manifest.py", "batch"]
     assert json.loads(argv[3]) == verify

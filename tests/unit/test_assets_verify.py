@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -114,19 +115,28 @@ def test_torch_bin_shards(tmp_path: Path) -> None:
     assert result.error.startswith(f"{shard}: damaged torch checkpoint")
 
 
-def test_command_line_runs_on_plain_python(assets: dict[str, Path]) -> None:
-    """The file runs standalone (stdlib only) with the exit codes the role relies on."""
-    script = Path(assets_verify.__file__)
+def test_command_line_runs_on_plain_python(assets: dict[str, Path], tmp_path: Path) -> None:
+    """The file runs standalone (stdlib only, beside the helpers the role copies with it, no package on
+    the path: -S, no PYTHONPATH) with the exit codes the role relies on."""
+    from llava_devserver.ansible_plugins.filter.assets import llava_assets_python_files
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, path in llava_assets_python_files().items():
+        shutil.copy(path, bin_dir / name)
+    script = bin_dir / Path(assets_verify.__file__).name
+    env = {"PATH": os.environ["PATH"]}
     ok = subprocess.run(
-        [sys.executable, "-I", str(script), "weights", str(assets["llm"])], capture_output=True, text=True
-    )
+        [sys.executable, "-S", str(script), "weights", str(assets["llm"])],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["ok"] is True
     (assets["images"] / json.loads(assets["pretrain_json"].read_text())[0]["image"]).unlink()
     bad = subprocess.run(
         [
             sys.executable,
-            "-I",
+            "-S",
             str(script),
             "pretrain-json",
             str(assets["pretrain_json"]),
@@ -137,8 +147,11 @@ def test_command_line_runs_on_plain_python(assets: dict[str, Path]) -> None:
         ],
         capture_output=True,
         text=True,
+        env=env,
     )
     assert bad.returncode == 1
     assert json.loads(bad.stdout)["details"]["images_missing"] == 1
-    usage = subprocess.run([sys.executable, "-I", str(script), "nonsense"], capture_output=True, text=True)
+    usage = subprocess.run(
+        [sys.executable, "-S", str(script), "nonsense"], capture_output=True, text=True, env=env
+    )
     assert usage.returncode == 2
