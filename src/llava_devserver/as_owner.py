@@ -1,7 +1,7 @@
 """Server-side: the writing side of an rsync into the container's tree runs as its owner, never as root.
 
-Everything below work_dir belongs to the training container's user (`ma-user`, uid 1000 in the guide's image),
-who may swap any folder or file there for a link at any moment. Root that writes there could be led by such a
+Everything below work_dir belongs to the training container's user (uid 1000 in the guide's image), who
+may swap any folder or file there for a link at any moment. Root that writes there could be led by such a
 link anywhere on the server, so the assets are received as the owner: a planted link then leads the writes
 only where that user could write anyway. This script is rsync's way to start its receiver:
 
