@@ -53,6 +53,15 @@ def program(name):
     return found
 
 
+def run_as(uid, gid, argv):
+    """Run ARGV as uid:gid in place of this process (no return): the program is found while still root,
+    then the privileges go."""
+    path = program(argv[0])
+    drop_to(uid, gid)
+    os.umask(0o022)
+    os.execv(path, argv)
+
+
 def receiver_argv(args):
     """The rsync receiver to run for rsync's remote-shell arguments (`[localhost] rsync --server ...`, or
     `--server ...` as --rsync-path gives them); raises Refused for anything else."""
@@ -74,15 +83,10 @@ def main(args=None):
         if not args:
             raise Refused("usage: as_owner.py UID:GID [localhost] rsync --server ...")
         uid, gid = parse_owner(args[0])
-        argv = receiver_argv(args[1:])
-        rsync = program(argv[0])
-        drop_to(uid, gid)
+        run_as(uid, gid, receiver_argv(args[1:]))
     except (Refused, OSError) as error:
         sys.stderr.write(f"llava-devserver as_owner.py: refused: {error}\n")  # stdout is rsync's protocol
-        return 1
-    os.umask(0o022)
-    os.execv(rsync, argv)
-    return 1  # not reached
+    return 1
 
 
 if __name__ == "__main__":

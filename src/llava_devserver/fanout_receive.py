@@ -97,15 +97,10 @@ def main(args=None):
         if allowed[:1] != ["--owner"] or len(allowed) < 3:
             raise Refused("the key's command names no --owner UID:GID and destination")
         uid, gid = as_owner.parse_owner(allowed[1])
-        argv = decide(os.environ.get("SSH_ORIGINAL_COMMAND", ""), allowed[2:])
-        rsync = as_owner.program(argv[0])
-        as_owner.drop_to(uid, gid)
+        as_owner.run_as(uid, gid, decide(os.environ.get("SSH_ORIGINAL_COMMAND", ""), allowed[2:]))
     except (Refused, as_owner.Refused, OSError) as error:
         sys.stderr.write(f"llava-devserver fan-out key: refused: {error}\n")
-        return 1
-    os.umask(0o022)
-    os.execv(rsync, argv)
-    return 1  # not reached
+    return 1
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from llava_devserver import assets_archive
+from victims import snapshot
 
 IMAGES = ["00000/000000012.jpg", "00000/000000013.jpg", "00453/004539375.jpg"]
 SECRET = "VICTIM-SECRET"
@@ -34,22 +35,6 @@ def write_zip(path: Path, names: list[str], content: bytes = b"jpeg ") -> Path:
 def write_caption(path: Path, images: list[str]) -> Path:
     path.write_text(json.dumps([{"id": str(i), "image": image} for i, image in enumerate(images)]))
     return path
-
-
-def snapshot(top: Path) -> dict[str, tuple[Any, ...]]:
-    """Everything below TOP as it is on disk (type, mode, owner, size, mtime, content): a victim's state."""
-    found: dict[str, tuple[Any, ...]] = {}
-    for path in [top, *sorted(top.rglob("*"))]:
-        info = path.lstat()
-        content = path.read_bytes() if path.is_file() and not path.is_symlink() else None
-        found[str(path.relative_to(top))] = (
-            info.st_mode,
-            info.st_uid,
-            info.st_size,
-            info.st_mtime_ns,
-            content,
-        )
-    return found
 
 
 @pytest.fixture

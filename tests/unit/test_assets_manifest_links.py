@@ -25,6 +25,7 @@ import pytest
 from llava_devserver import assets_manifest as am
 from llava_devserver import assets_plan as ap
 from llava_devserver.sim.assets import generate_assets
+from victims import snapshot
 
 SECRET = "VICTIM-SECRET-7f3a"
 CONTAINER_WORK_DIR = "/home/ma-user/ws"
@@ -65,22 +66,6 @@ def victim(pristine: dict[str, Path], tmp_path: Path) -> Path:
     for path in [folder, *folder.rglob("*")]:
         path.chmod(0o700 if path.is_dir() else 0o600)
     return folder
-
-
-def snapshot(top: Path) -> dict[str, tuple[Any, ...]]:
-    """Everything below TOP as it is on disk (type, mode, owner, size, mtime, content)."""
-    found: dict[str, tuple[Any, ...]] = {}
-    for path in [top, *sorted(top.rglob("*"))]:
-        info = path.lstat()
-        content = path.read_bytes() if path.is_file() and not path.is_symlink() else None
-        found[str(path.relative_to(top))] = (
-            info.st_mode,
-            info.st_uid,
-            info.st_size,
-            info.st_mtime_ns,
-            content,
-        )
-    return found
 
 
 def plan(work: Path, tmp_path: Path) -> dict[str, Any]:
