@@ -315,12 +315,19 @@ def needs_copy(assets: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [a for a in assets if posixpath.normpath(str(a["path"])) != posixpath.normpath(a["host_dest"])]
 
 
+def _check_owner(owner: str, context: str = "") -> None:
+    """OWNER is UID:GID, by the servers' own rule (as_owner.parse_owner): a ValueError otherwise."""
+    try:
+        as_owner.parse_owner(owner)
+    except as_owner.Refused as error:
+        raise ValueError(f"{context}{error}") from None
+
+
 def owner_receiver(owner: str, helper_dir: str = HELPER_DIR, python: str = "python3") -> str:
     """The command that starts rsync's receiver as OWNER (UID:GID) on a server (as_owner.py): rsync's
     `--rsh` for a copy on the server, `--rsync-path` for one from elsewhere. Root never writes into the
     container's tree itself."""
-    if not re.fullmatch(r"[0-9]+:[0-9]+", str(owner)):
-        raise ValueError(f"owner {owner!r} is not UID:GID")
+    _check_owner(owner)
     return f"{python} {posixpath.join(helper_dir, OWNER_RECEIVER)} {owner}"
 
 
@@ -389,8 +396,7 @@ def fanout_key_options(
     for value, bad in [(a, r'[\s"\\,]') for a in seed_addresses] + [(d, r'[\s"\\]') for d in destinations]:
         if not str(value) or re.search(bad, str(value)):
             raise ValueError(f"fanout_key_options: unusable value {value!r} for an authorized_keys option")
-    if not re.fullmatch(r"[0-9]+:[0-9]+", str(owner)):
-        raise ValueError(f"fanout_key_options: owner {owner!r} is not UID:GID")
+    _check_owner(owner, "fanout_key_options: ")
     receiver = " ".join(
         [python, posixpath.join(helper_dir, FANOUT_RECEIVER), "--owner", str(owner)]
         + [str(d) for d in destinations]
