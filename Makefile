@@ -40,9 +40,11 @@ lint: venv
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint --offline --profile production
 
-# --durations: the slowest tests of every run are printed, so that growth is seen.
+# --durations: the slowest tests of every run are printed, so that growth is seen. The unit tests spread over
+# every core (-n auto), a file per worker (--dist loadfile: a module's fixtures, such as the built stand-in
+# package, are made once).
 unit: venv host-tools
-	$(BIN)/pytest -m "not fleet" --durations=10 tests/unit tests/fleet
+	$(BIN)/pytest -m "not fleet" -n auto --dist loadfile --durations=10 tests/unit tests/fleet
 
 fleet-tests: venv host-tools docker
 	$(BIN)/pytest -m fleet --durations=10 tests/unit tests/fleet
