@@ -18,7 +18,7 @@ import yaml
 
 from llava_devserver import accel_check, accel_launch
 from llava_devserver.cli import main as cli_main
-from llava_devserver.sim import faults
+from llava_devserver.sim import faults, link
 from llava_devserver.sim.inventory import SIM_ACCEL_CHECK
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -211,7 +211,8 @@ def test_accel_slow_shells_add_and_remove_only_our_qdisc() -> None:
     add = faults.slow_link_script()
     assert f'tc qdisc replace dev "$dev" root handle {faults.SLOW_LINK_HANDLE} tbf rate 40mbit' in add
     clear = faults.slow_link_script(clear=True)
-    assert clear.endswith('then tc qdisc del dev "$dev" root; fi')
+    # then the link's own speed again (sim/link.py; nothing when the fleet has none)
+    assert clear.endswith(f'then tc qdisc del dev "$dev" root; fi; {link.SCRIPT}')
     assert f"grep -q '^qdisc tbf {faults.SLOW_LINK_HANDLE} root'" in clear  # never another qdisc
     for script in (add, clear):
         assert subprocess.run(["bash", "-n", "-c", script], check=False).returncode == 0

@@ -71,6 +71,13 @@ def register(subparsers: Any) -> None:
         help="how the stand-in trainer logs: hf (HF Trainer dicts on global rank 0, default) or megatron "
         "(Megatron/MindSpeed iteration lines on the last global rank, as the guide says)",
     )
+    up.add_argument(
+        "--link-mbps",
+        type=int,
+        metavar="M",
+        help="every server sends and receives at most M Mbit/s on the fleet network (tc), as through a real "
+        "port, so that bandwidth-bound distribution shows on one machine (default: no limit)",
+    )
     up.set_defaults(func=cmd_up)
 
     status = sim.add_parser("status", help="list simulated servers")
@@ -141,9 +148,14 @@ def _parse_faults(texts: list[str], hosts: list[str]) -> dict[str, list[Fault]]:
 def cmd_up(args: argparse.Namespace) -> int:
     from llava_devserver.sim.fleet import FleetError, fleet_up, host_name, parse_os_choices
     from llava_devserver.sim.image import SimImageError
+    from llava_devserver.sim.link import LinkError, check_mbps
 
     if args.hosts < 1:
         return _fail(f"--hosts must be >= 1, got {args.hosts}", EXIT_USAGE)
+    try:
+        check_mbps(args.link_mbps)
+    except LinkError as exc:
+        return _fail(str(exc), EXIT_USAGE)
     if args.registry and args.no_job:
         return _fail("--registry serves the training image, which --no-job skips", EXIT_USAGE)
     hosts = [host_name(i) for i in range(1, args.hosts + 1)]
@@ -165,6 +177,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             registry=args.registry,
             host_profiles=profiles,
             log_style=args.log_style,
+            link_mbps=args.link_mbps,
         )
     except ModuleNotFoundError as exc:
         return _fail(f"the job stand-ins are not available ({exc}); use --no-job for servers only")
@@ -186,7 +199,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not rows:
         print("no simulated servers" + (f" in fleet {args.name!r}" if args.name else ""))
         return EXIT_OK
-    columns = ("fleet", "host", "os", "status", "address", "faults", "container")
+    columns = ("fleet", "host", "os", "status", "address", "link", "faults", "container")
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
     print("  ".join(c.upper().ljust(widths[c]) for c in columns))
     for row in rows:

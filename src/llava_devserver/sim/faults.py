@@ -46,7 +46,7 @@ from typing import Any
 
 from docker.models.containers import Container
 
-from llava_devserver.sim import device_network
+from llava_devserver.sim import device_network, link
 
 STATE_PATH = "/etc/npu-sim/state.json"
 ASCEND_RUNTIME = "/usr/local/Ascend/Ascend-Docker-Runtime/ascend-docker-runtime"
@@ -274,7 +274,8 @@ def slow_link_script(clear: bool = False) -> str:
     """The shell that adds (or removes) accel-slow's token bucket on the server's fleet link."""
     ours = f"tc qdisc show dev \"$dev\" | grep -q '^qdisc tbf {SLOW_LINK_HANDLE} root'"
     if clear:
-        return f'{_FLEET_DEV}; if {ours}; then tc qdisc del dev "$dev" root; fi'
+        # Then the link's own speed again (`sim up --link-mbps`; nothing when the fleet has none).
+        return f'{_FLEET_DEV}; if {ours}; then tc qdisc del dev "$dev" root; fi; {link.SCRIPT}'
     # burst: at least rate/HZ, or the bucket cannot reach its rate; latency bounds the queue.
     return (
         f'{_FLEET_DEV}; tc qdisc replace dev "$dev" root handle {SLOW_LINK_HANDLE} tbf rate {SLOW_LINK_RATE} '

@@ -32,6 +32,7 @@ from docker.models.containers import Container
 
 from llava_devserver.sim import device_network
 from llava_devserver.sim import image as sim_image
+from llava_devserver.sim import link as sim_link
 from llava_devserver.sim.faults import DOCKER_FAULTS, Fault, apply_fault, put_file
 from llava_devserver.sim.inventory import SimHost, SimJob, sim_group_vars, write_inventory
 from llava_devserver.sim.registry import ensure_registry, push_image, registry_settings, remove_registry
@@ -295,6 +296,7 @@ def fleet_up(
     profile: str = sim_image.DEFAULT_PROFILE,
     host_profiles: dict[str, str] | None = None,
     log_style: str = "hf",
+    link_mbps: int | None = None,
 ) -> FleetResult:
     """Start (or reuse) fleet `fleet` with n_hosts servers and write its inventory to out_dir.
 
@@ -304,11 +306,18 @@ def fleet_up(
     log_style: how the stand-in trainer logs (hf: the HF Trainer's dicts on global rank 0; megatron: the
     guide's Megatron/MindSpeed iteration lines on the last global rank).
 
+    link_mbps: every server sends and receives at most this many Mbit/s on the fleet network (sim/link.py);
+    None: no limit. Applied to reused servers too, so that the fleet has the speed of its last `sim up`.
+
     registry: with the job, also start a local registry standing in for SWR on the fleet network, push the
     training image to it and write an inventory that pulls the image from there (instead of loading the
     archive), with the registry's credentials and its address among Docker's insecure registries.
     """
     check_fleet_name(fleet)
+    try:
+        sim_link.check_mbps(link_mbps)
+    except sim_link.LinkError as exc:
+        raise FleetError(str(exc)) from None
     if n_hosts < 1:
         raise FleetError(f"--hosts must be >= 1, got {n_hosts}")
     if not 1 <= npus <= 16:
@@ -387,6 +396,11 @@ def fleet_up(
         _authorize_key(container, public_key)
         address = _address(container, fleet)
         _wait_for_ssh(name, address, key, time.monotonic() + SSH_TIMEOUT_S)
+        # The link first: a fault that slows it (accel-slow) then wins over its speed.
+        try:
+            sim_link.set_link(container, link_mbps)
+        except sim_link.LinkError as exc:
+            raise FleetError(str(exc)) from None
         for fault in faults.get(name, []):
             apply_fault(container, fault)
         return SimHost(name, address), created
@@ -412,7 +426,8 @@ def fleet_up(
         f"sim: fleet {fleet!r}: {n_hosts} servers ("
         + ", ".join(f"{count} {name}" for name, count in counts.items())
         + f"; {created} started, {n_hosts - created} reused) "
-        f"ready over SSH; images {timings['images']:.1f} s, servers {timings['servers']:.1f} s, "
+        f"ready over SSH{f', links at {link_mbps} Mbit/s' if link_mbps else ''}; "
+        f"images {timings['images']:.1f} s, servers {timings['servers']:.1f} s, "
         f"total {timings['total']:.1f} s"
     )
     log(f"sim: inventory {inventory}")
@@ -447,9 +462,16 @@ def fleet_status(fleet: str | None = None) -> list[dict[str, str]]:
                 "faults": container.labels.get(FAULTS_LABEL, ""),
                 "os": container.labels.get(OS_LABEL, sim_image.DEFAULT_PROFILE),
                 "image": (container.image.tags or [container.image.id])[0] if container.image else "",
+                "link": _link_text(container),
             }
         )
     return rows
+
+
+def _link_text(container: Container) -> str:
+    """The server's link speed for `sim status` ("" when unlimited or the server is stopped)."""
+    mbps = sim_link.link_mbps(container) if container.status == "running" else None
+    return f"{mbps} Mbit/s" if mbps else ""
 
 
 def fleet_down(fleet: str | None = None, log: Log = print) -> list[str]:

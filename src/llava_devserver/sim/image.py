@@ -121,6 +121,7 @@ SERVER_FILES = {
     "lspci": "/usr/bin/lspci",
     "npu-sim-boot": "/usr/local/sbin/npu-sim-boot",
     "npu-sim-sync": "/usr/local/sbin/npu-sim-sync",
+    "npu-sim-link": "/usr/local/sbin/npu-sim-link",
     "sshd_config": "/etc/ssh/sshd_config.d/llava-sim.conf",
 }
 
