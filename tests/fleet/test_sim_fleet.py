@@ -126,7 +126,7 @@ SINK = (
 
 def _send_to(fleet: harness.Fleet, host: str) -> float:
     """Seconds for PAYLOAD bytes from the control node (its link has no limit) to a server: its ingress."""
-    fleet.sh(host, f"setsid python3 -c {json.dumps(SINK)} >/dev/null 2>&1 </dev/null &", check=True)
+    fleet.sh(host, f"setsid python3 -c {shlex.quote(SINK)} >/dev/null 2>&1 </dev/null &", check=True)
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -166,7 +166,7 @@ def _receive_from(fleet: harness.Fleet, host: str) -> float:
 def _roots(fleet: harness.Fleet, host: str) -> tuple[str, str]:
     """The root qdisc of the server's fleet link and of its ingress device ("" when there is none)."""
     out = fleet.sh(
-        host, "tc qdisc show dev eth0 root; tc qdisc show dev ifb-link root 2>/dev/null", check=True
+        host, "tc qdisc show dev eth0 root; tc qdisc show dev ifb-link root 2>/dev/null || true", check=True
     )
     lines = out.stdout.splitlines()
     return lines[0], (lines[1] if len(lines) > 1 else "")
