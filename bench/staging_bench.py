@@ -14,13 +14,21 @@ control node -> seed, seed -> each other server) and each server's interface cou
 The synthetic assets are tiny (~1 MB); `--pad-mb` adds a blob of random bytes to the image folder (a
 copy of the assets, default 64 MB) so that the asset traffic dominates Ansible's.
 
-    python bench/staging_bench.py [--sizes 1 3] [--pad-mb 64]
+`--link-mbps M` gives every simulated server a real port's limit (`sim up --link-mbps`): then the time is
+bound by bandwidth as on a real fleet, and the table shows the ratio to the physical limit of any
+distribution, the payload over one link (payload bytes * 8 / M Mbit/s). `--json` also prints one JSON
+object per line and measurement:
+`{"servers": N, "mode": "star", "wall_s": ..., "control_bytes": ..., "payload_bytes": ...}` (mode: today's
+star, the seed pushing to every other server).
+
+    python bench/staging_bench.py [--sizes 1 3] [--pad-mb 64] [--link-mbps M] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -64,11 +72,13 @@ def padded_assets(fleet: harness.Fleet, pad_mb: int) -> int:
     return total
 
 
-def measure(n: int, pad_mb: int, keep: bool) -> dict[str, Any]:
+def measure(n: int, pad_mb: int, keep: bool, link_mbps: int | None) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp(prefix=f"staging-bench-{n}-"))
     stack = contextlib.ExitStack()
     try:
-        fleet = stack.enter_context(harness.fleet_up(f"stgb{n}", n, out, docker=True, devices_per_host=1))
+        fleet = stack.enter_context(
+            harness.fleet_up(f"stgb{n}", n, out, docker=True, devices_per_host=1, link_mbps=link_mbps)
+        )
         if keep:
             stack.pop_all()  # leave the fleet up (remove it with `llava-devserver sim down`)
         harness.use_small_training_image(fleet)
@@ -89,6 +99,8 @@ def measure(n: int, pad_mb: int, keep: bool) -> dict[str, Any]:
         tx = {h: after[h]["tx"] - before[h]["tx"] for h in fleet.hosts}
         return {
             "servers": n,
+            "mode": "star",
+            "link_mbps": link_mbps,
             "asset_bytes": total,
             "from_control": from_control,
             "from_seed": from_seed,
@@ -104,19 +116,43 @@ def measure(n: int, pad_mb: int, keep: bool) -> dict[str, Any]:
             shutil.rmtree(out, ignore_errors=True)
 
 
+def physical_limit_s(row: dict[str, Any]) -> float | None:
+    """The payload over one link: no distribution to any number of servers can be faster."""
+    return row["asset_bytes"] * 8 / (row["link_mbps"] * 1e6) if row["link_mbps"] else None
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| servers | assets MB | rsync from control MB | rsync seed->others MB | seed rx MB | seed tx MB "
-        "| others rx MB | staging s | no-op s | staging - no-op s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| servers | mode | link Mbit/s | assets MB | rsync from control MB | rsync seed->others MB "
+        "| seed rx MB | seed tx MB | others rx MB | staging s | no-op s | staging - no-op s | limit s "
+        "| staging / limit |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        limit = physical_limit_s(r)
+        ratio = f"{r['staging_s'] / limit:.2f}" if limit else "-"
         lines.append(
-            f"| {r['servers']} | {_mb(r['asset_bytes'])} | {_mb(r['from_control'])} | {_mb(r['from_seed'])} "
-            f"| {_mb(r['seed_rx'])} | {_mb(r['seed_tx'])} | {_mb(r['others_rx'])} | {r['staging_s']:.1f} "
-            f"| {r['noop_s']:.1f} | {r['staging_s'] - r['noop_s']:.1f} |"
+            f"| {r['servers']} | {r['mode']} | {r['link_mbps'] or '-'} | {_mb(r['asset_bytes'])} "
+            f"| {_mb(r['from_control'])} | {_mb(r['from_seed'])} | {_mb(r['seed_rx'])} | {_mb(r['seed_tx'])} "
+            f"| {_mb(r['others_rx'])} | {r['staging_s']:.1f} | {r['noop_s']:.1f} "
+            f"| {r['staging_s'] - r['noop_s']:.1f} | {f'{limit:.1f}' if limit else '-'} "
+            f"| {ratio} |"
         )
     return "\n".join(lines)
+
+
+def json_line(row: dict[str, Any]) -> str:
+    """One measurement for others to check: wall time, bytes the control node sent, payload bytes."""
+    return json.dumps(
+        {
+            "servers": row["servers"],
+            "mode": row["mode"],
+            "link_mbps": row["link_mbps"],
+            "wall_s": round(row["staging_s"], 2),
+            "control_bytes": row["from_control"],
+            "payload_bytes": row["asset_bytes"],
+        }
+    )
 
 
 def main() -> int:
@@ -124,11 +160,18 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--pad-mb", type=int, default=64)
     parser.add_argument("--keep", action="store_true", help="leave the fleets up (remove with sim down)")
+    parser.add_argument(
+        "--link-mbps", type=int, help="every server's link limit, Mbit/s (sim up --link-mbps)"
+    )
+    parser.add_argument("--json", action="store_true", help="also one JSON object per line and measurement")
     args = parser.parse_args()
     rows = []
     for n in args.sizes:
-        rows.append(measure(n, args.pad_mb, args.keep))
+        rows.append(measure(n, args.pad_mb, args.keep, args.link_mbps))
         print(table(rows), flush=True)
+    if args.json:
+        for row in rows:
+            print(json_line(row))
     load = os.getloadavg()
     print(f"\nload average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores")
     return 0
