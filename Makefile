@@ -8,15 +8,22 @@ SIM_DIR ?= .sim/demo
 export PATH := $(abspath $(BIN)):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 
-.PHONY: venv host-tools docker images demo test unit fleet-tests molecule lint bench clean
+.PHONY: venv lock host-tools docker images demo test unit fleet-tests molecule lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+# What pyproject.toml asks for, at the exact versions of the lock (pip constraints), so that CI installs what
+# was tested. `make lock` writes the lock again from this virtualenv after a dependency changed.
+LOCK := requirements/ci.lock
+
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip==25.3
-	$(BIN)/pip install -q -e '.[train,dev]'
+	$(BIN)/pip install -q -c $(LOCK) -e '.[train,dev]'
 	touch $@
 
 venv: $(VENV)/.installed
+
+lock: venv
+	{ sed -n '/^#/p' $(LOCK); $(BIN)/pip freeze --all --exclude-editable; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
 
 host-tools:
 	scripts/ensure-host-tools.sh
