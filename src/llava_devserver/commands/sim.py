@@ -33,9 +33,10 @@ def register(subparsers: Any) -> None:
     sim = parser.add_subparsers(dest="sim_command", metavar="SIM_COMMAND")
     parser.set_defaults(func=lambda _args: (parser.print_help(sys.stderr), EXIT_USAGE)[1])
 
+    # argparse formats help texts with %: a fault's text that says "%" must say "%%"
     fault_help = "HOST:FAULT, HOST = devserver-N, N or all; FAULT one of: " + ", ".join(
         f"{kind} ({text})" for kind, text in FAULT_KINDS.items()
-    )
+    ).replace("%", "%%")
     up = sim.add_parser("up", help="start a fleet and write its inventory", description=up_description())
     up.add_argument("--hosts", type=int, default=2, help="number of servers (default 2)")
     up.add_argument("--name", default=DEFAULT_FLEET, help=f"fleet name (default {DEFAULT_FLEET})")
