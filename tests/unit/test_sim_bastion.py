@@ -17,22 +17,10 @@ import pytest
 from llava_devserver.cli import main
 from llava_devserver.sim import bastion, image
 from llava_devserver.sim.inventory import SimHost, render_ini
+from sim_fakes import FakeServer
 
 FILES = resources.files("llava_devserver.sim") / "files"
 JUMP = bastion.SimBastion("llava-sim-x-net-bastion", "172.30.0.9")
-
-
-class _Server:
-    name = "llava-sim-x-devserver-1"
-
-    def __init__(self, code: int = 0, output: bytes = b"") -> None:
-        self.reply = (code, output)
-        self.commands: list[list[str]] = []
-
-    def exec_run(self, command: list[str], user: str) -> tuple[int, bytes]:
-        assert user == "root"
-        self.commands.append(command)
-        return self.reply
 
 
 def _common_args(ini: str) -> list[str]:
@@ -58,14 +46,14 @@ def test_the_inventory_reaches_the_servers_through_the_bastion(tmp_path: Path) -
 
 
 def test_a_server_refuses_the_control_node_by_a_file_its_boot_applies() -> None:
-    server: Any = _Server()
+    server: Any = FakeServer()
     bastion.put_behind(server, "172.30.0.1")
     bastion.put_behind(server, None)
     assert server.commands == [
         ["bash", "-c", f"printf '%s\\n' 172.30.0.1 > {bastion.REFUSE_FILE} && {bastion.FRONT_SCRIPT}"],
         ["bash", "-c", f"rm -f {bastion.REFUSE_FILE} && {bastion.FRONT_SCRIPT}"],
     ]
-    failing: Any = _Server(1, b"iptables: No chain/target/match by that name.")
+    failing: Any = FakeServer(1, b"iptables: No chain/target/match by that name.")
     with pytest.raises(bastion.BastionError, match="llava-sim-x-devserver-1: putting the server behind"):
         bastion.put_behind(failing, "172.30.0.1")
 
