@@ -11,23 +11,9 @@ import pytest
 
 from llava_devserver.cli import main
 from llava_devserver.sim import image, link
+from sim_fakes import FakeServer
 
 FILES = resources.files("llava_devserver.sim") / "files"
-
-
-class _Server:
-    """A running server as the Docker SDK gives it: exec_run records the command, answers with `reply`."""
-
-    name = "llava-sim-x-devserver-1"
-
-    def __init__(self, code: int = 0, output: bytes = b"") -> None:
-        self.reply = (code, output)
-        self.commands: list[list[str]] = []
-
-    def exec_run(self, command: list[str], user: str) -> tuple[int, bytes]:
-        assert user == "root"
-        self.commands.append(command)
-        return self.reply
 
 
 @pytest.mark.parametrize("mbps", [0, -5, link.MAX_MBPS + 1])
@@ -39,7 +25,7 @@ def test_sim_up_refuses_a_speed_out_of_range_before_starting_anything(
 
 
 def test_the_speed_is_a_file_of_the_server_applied_by_its_script() -> None:
-    server: Any = _Server()
+    server: Any = FakeServer()
     link.set_link(server, 80)
     link.set_link(server, None)
     assert server.commands == [
@@ -49,7 +35,7 @@ def test_the_speed_is_a_file_of_the_server_applied_by_its_script() -> None:
 
 
 def test_a_server_that_cannot_apply_it_is_named() -> None:
-    server: Any = _Server(1, b"Error: Specified qdisc kind is unknown.")
+    server: Any = FakeServer(1, b"Error: Specified qdisc kind is unknown.")
     with pytest.raises(
         link.LinkError, match=r"llava-sim-x-devserver-1: setting the fleet link to 80 Mbit/s failed"
     ):
@@ -60,7 +46,7 @@ def test_a_server_that_cannot_apply_it_is_named() -> None:
     ("code", "output", "expected"), [(0, b"80\n", 80), (1, b"No such file", None), (0, b"x", None)]
 )
 def test_the_speed_a_server_has(code: int, output: bytes, expected: int | None) -> None:
-    server: Any = _Server(code, output)
+    server: Any = FakeServer(code, output)
     assert link.link_mbps(server) == expected
 
 

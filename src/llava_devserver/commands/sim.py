@@ -79,6 +79,12 @@ def register(subparsers: Any) -> None:
         help="every server sends and receives at most M Mbit/s on the fleet network (tc), as through a real "
         "port, so that bandwidth-bound distribution shows on one machine (default: no limit)",
     )
+    up.add_argument(
+        "--bastion",
+        action="store_true",
+        help="put the servers behind a jump host, as in a VPC: they refuse new connections from this machine "
+        "and the inventory reaches them through the bastion (a ProxyCommand in ansible_ssh_common_args)",
+    )
     up.set_defaults(func=cmd_up)
 
     status = sim.add_parser("status", help="list simulated servers")
@@ -179,6 +185,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             host_profiles=profiles,
             log_style=args.log_style,
             link_mbps=args.link_mbps,
+            bastion=args.bastion,
         )
     except ModuleNotFoundError as exc:
         return _fail(f"the job stand-ins are not available ({exc}); use --no-job for servers only")

@@ -30,6 +30,7 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
+from llava_devserver.sim import bastion as sim_bastion
 from llava_devserver.sim import device_network
 from llava_devserver.sim import image as sim_image
 from llava_devserver.sim import link as sim_link
@@ -153,6 +154,16 @@ def _ensure_network(client: docker.DockerClient, fleet: str) -> Any:
         raise FleetError(f"could not create network {name}: {exc.explanation or exc}{hint}") from exc
 
 
+def _gateway(network: Any) -> str:
+    """The control node's address on the fleet network (its bridge's gateway)."""
+    network.reload()
+    configs = network.attrs.get("IPAM", {}).get("Config") or [{}]
+    gateway = configs[0].get("Gateway", "")
+    if not gateway:
+        raise FleetError(f"network {network.name}: no gateway address (the control node's) to refuse")
+    return str(gateway)
+
+
 def _address(container: Container, fleet: str) -> str:
     container.reload()
     networks = container.attrs["NetworkSettings"]["Networks"]
@@ -225,21 +236,23 @@ def _authorize_key(container: Container, public_key: bytes) -> None:
     put_file(container, "/root/.ssh/authorized_keys", public_key, mode=0o600)
 
 
-def _wait_for_ssh(host: str, address: str, key: Path, deadline: float) -> None:
-    """Wait until sshd on the server accepts our key (bounded by the deadline)."""
+def _wait_for_ssh(host: str, address: str, key: Path, deadline: float, via: str | None = None) -> None:
+    """Wait until sshd on the server accepts our key (bounded by the deadline); via: the ssh option that
+    reaches it through a bastion (the control node cannot open a connection to it itself)."""
     last = "no answer"
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection((address, 22), timeout=2) as sock:
-                banner = sock.recv(64)
-            if not banner.startswith(b"SSH-"):
-                last = f"unexpected banner {banner[:20]!r}"
-                raise OSError(last)
+            if via is None:
+                with socket.create_connection((address, 22), timeout=2) as sock:
+                    banner = sock.recv(64)
+                if not banner.startswith(b"SSH-"):
+                    last = f"unexpected banner {banner[:20]!r}"
+                    raise OSError(last)
             result = subprocess.run(
                 [
                     "ssh", "-i", str(key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
                     "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5",
-                    f"root@{address}", "true",
+                    *(["-o", via] if via else []), f"root@{address}", "true",
                 ],
                 capture_output=True, text=True, timeout=20, check=False,
             )  # fmt: skip
@@ -297,6 +310,7 @@ def fleet_up(
     host_profiles: dict[str, str] | None = None,
     log_style: str = "hf",
     link_mbps: int | None = None,
+    bastion: bool = False,
 ) -> FleetResult:
     """Start (or reuse) fleet `fleet` with n_hosts servers and write its inventory to out_dir.
 
@@ -312,6 +326,10 @@ def fleet_up(
     registry: with the job, also start a local registry standing in for SWR on the fleet network, push the
     training image to it and write an inventory that pulls the image from there (instead of loading the
     archive), with the registry's credentials and its address among Docker's insecure registries.
+
+    bastion: the servers refuse new connections from the control node and are reached through a jump host
+    on the fleet network (sim/bastion.py), as in a VPC; the inventory says how. Without it a reused fleet's
+    bastion is removed and its servers take connections from the control node again.
     """
     check_fleet_name(fleet)
     try:
@@ -362,7 +380,18 @@ def fleet_up(
     job_stand_ins = _prepare_job(client, out_dir, log) if job else None
     key = ensure_ssh_key(out_dir, fleet)
     public_key = key.with_suffix(".pub").read_bytes()
-    _ensure_network(client, fleet)
+    network = _ensure_network(client, fleet)
+    jump, via, control_address = None, None, None
+    if bastion:
+        jump = sim_bastion.ensure_bastion(
+            client,
+            network_name(fleet),
+            sim_image.ensure_server_image(client, sim_image.DEFAULT_PROFILE),
+            public_key,
+        )
+        via = sim_bastion.proxy_option(jump, key)
+        _wait_for_ssh(jump.name, jump.address, key, time.monotonic() + SSH_TIMEOUT_S)
+        control_address = _gateway(network)
 
     mark = time.monotonic()
     by_name = {c.labels.get(HOST_LABEL): c for c in existing}
@@ -395,7 +424,11 @@ def fleet_up(
             container.start()
         _authorize_key(container, public_key)
         address = _address(container, fleet)
-        _wait_for_ssh(name, address, key, time.monotonic() + SSH_TIMEOUT_S)
+        try:  # before the wait: a reused server opens its door again when no bastion is asked for
+            sim_bastion.put_behind(container, control_address)
+        except sim_bastion.BastionError as exc:
+            raise FleetError(str(exc)) from None
+        _wait_for_ssh(name, address, key, time.monotonic() + SSH_TIMEOUT_S, via)
         # The link first: a fault that slows it (accel-slow) then wins over its speed.
         try:
             sim_link.set_link(container, link_mbps)
@@ -410,6 +443,8 @@ def fleet_up(
     timings["servers"] = time.monotonic() - mark
     sim_hosts = [host for host, _ in results]
     created = sum(1 for _, was_created in results if was_created)
+    if not bastion:
+        sim_bastion.remove_bastion(client, network_name(fleet))
 
     settings = sim_group_vars(n_hosts, npus, devices_per_host, job_stand_ins, DEFAULT_DRIVER, log_style)
     if registry and job_stand_ins is not None:
@@ -419,7 +454,7 @@ def fleet_up(
         settings |= registry_settings(stand_in, reference)
         timings["registry"] = time.monotonic() - mark
         log(f"sim: registry {stand_in.address} serves {reference} ({timings['registry']:.1f} s)")
-    inventory = write_inventory(out_dir, sim_hosts, key, fleet, settings, job=job)
+    inventory = write_inventory(out_dir, sim_hosts, key, fleet, settings, job=job, via=via)
     timings["total"] = time.monotonic() - started
     counts = {name: list(profiles.values()).count(name) for name in sorted(set(profiles.values()))}
     log(
@@ -430,6 +465,11 @@ def fleet_up(
         f"images {timings['images']:.1f} s, servers {timings['servers']:.1f} s, "
         f"total {timings['total']:.1f} s"
     )
+    if jump is not None:
+        log(
+            f"sim: bastion {jump.name} at {jump.address}: the servers refuse the control node, "
+            "SSH goes through it"
+        )
     log(f"sim: inventory {inventory}")
     return FleetResult(fleet, inventory, sim_hosts, timings)
 
@@ -491,7 +531,8 @@ def fleet_down(fleet: str | None = None, log: Log = print) -> list[str]:
         volume.remove(force=True)
         removed.append(volume.name)
     for network in client.networks.list(filters={"label": label}):
-        removed += remove_registry(client, network.name)  # a network with a container attached stays
+        # a network with a container attached stays
+        removed += remove_registry(client, network.name) + sim_bastion.remove_bastion(client, network.name)
         network.remove()
         removed.append(network.name)
     log(f"sim: removed {len(removed)} objects" + (f" of fleet {fleet!r}" if fleet else " of every fleet"))

@@ -122,6 +122,7 @@ SERVER_FILES = {
     "npu-sim-boot": "/usr/local/sbin/npu-sim-boot",
     "npu-sim-sync": "/usr/local/sbin/npu-sim-sync",
     "npu-sim-link": "/usr/local/sbin/npu-sim-link",
+    "npu-sim-front": "/usr/local/sbin/npu-sim-front",
     "sshd_config": "/etc/ssh/sshd_config.d/llava-sim.conf",
 }
 

@@ -71,7 +71,8 @@ def device_range(devices_per_host: int) -> str:
     return "0" if devices_per_host == 1 else f"0-{devices_per_host - 1}"
 
 
-def render_ini(hosts: list[SimHost], key_path: Path, fleet: str) -> str:
+def render_ini(hosts: list[SimHost], key_path: Path, fleet: str, via: str | None = None) -> str:
+    """via: the ssh option that reaches the servers through the fleet's bastion (sim/bastion.py)."""
     lines = [
         f"# Simulated DevServer fleet {fleet!r}, written by `llava-devserver sim up`.",
         f"# Remove it with `llava-devserver sim down --name {fleet}`.",
@@ -84,7 +85,9 @@ def render_ini(hosts: list[SimHost], key_path: Path, fleet: str) -> str:
         "ansible_user=root",
         f"ansible_ssh_private_key_file={key_path}",
         # Every `sim up` of a new fleet has new host keys at the same addresses.
-        "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'",
+        "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+        + (f' -o "{via}"' if via else "")
+        + "'",
         "",
     ]
     return "\n".join(lines)
@@ -165,11 +168,12 @@ def write_inventory(
     fleet: str,
     settings: dict[str, Any],
     job: bool,
+    via: str | None = None,
 ) -> Path:
     """Write DIR/devserver.ini and DIR/group_vars/all.yml; return the ini path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "group_vars").mkdir(exist_ok=True)
     ini = out_dir / "devserver.ini"
-    ini.write_text(render_ini(hosts, key_path, fleet))
+    ini.write_text(render_ini(hosts, key_path, fleet, via))
     (out_dir / "group_vars" / "all.yml").write_text(render_group_vars(settings, fleet, job))
     return ini
