@@ -10,7 +10,6 @@ reach the servers only through the bastion, with the SSH option that real invent
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from docker.models.containers import Container
 
 from llava_devserver.sim import image as sim_image
 from llava_devserver.sim.faults import put_file
+from llava_devserver.sim.server_setting import apply_setting
 
 BASTION_LABEL = "llava-devserver.sim.bastion"
 REFUSE_FILE = "/etc/npu-sim/refuse-from"
@@ -80,15 +80,9 @@ def remove_bastion(client: docker.DockerClient, network: str) -> list[str]:
 def put_behind(container: Container, control_address: str | None) -> None:
     """Make the running server refuse new connections from `control_address` (None: refuse none), now and
     at its next boots."""
-    write = (
-        f"printf '%s\\n' {shlex.quote(control_address)} > {REFUSE_FILE}"
-        if control_address
-        else (f"rm -f {REFUSE_FILE}")
-    )
-    code, output = container.exec_run(["bash", "-c", f"{write} && {FRONT_SCRIPT}"], user="root")
-    if code != 0:
-        text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
-        raise BastionError(f"{container.name}: putting the server behind the bastion failed: {text[-2000:]}")
+    failed = apply_setting(container, REFUSE_FILE, control_address, FRONT_SCRIPT)
+    if failed is not None:
+        raise BastionError(f"{container.name}: putting the server behind the bastion failed: {failed}")
 
 
 def proxy_option(bastion: SimBastion, key_path: Path) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from docker.models.containers import Container
 
 from llava_devserver.sim import image as sim_image
+from llava_devserver.sim.server_setting import apply_setting
 
 LINK_MBPS_FILE = "/etc/npu-sim/link-mbps"
 SCRIPT = sim_image.SERVER_FILES["npu-sim-link"]
@@ -31,11 +32,9 @@ def check_mbps(mbps: int | None) -> int | None:
 def set_link(container: Container, mbps: int | None) -> None:
     """Give the running server this link speed (None: no limit), now and at its next boots."""
     check_mbps(mbps)
-    write = f"printf '%s\\n' {mbps} > {LINK_MBPS_FILE}" if mbps else f"rm -f {LINK_MBPS_FILE}"
-    code, output = container.exec_run(["bash", "-c", f"{write} && {SCRIPT}"], user="root")
-    if code != 0:
-        text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
-        raise LinkError(f"{container.name}: setting the fleet link to {mbps} Mbit/s failed: {text[-2000:]}")
+    failed = apply_setting(container, LINK_MBPS_FILE, str(mbps) if mbps else None, SCRIPT)
+    if failed is not None:
+        raise LinkError(f"{container.name}: setting the fleet link to {mbps} Mbit/s failed: {failed}")
 
 
 def link_mbps(container: Container) -> int | None:
