@@ -10,7 +10,10 @@ gets a fleet of its own.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +41,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return 1 + JOB_FLEET_ORDER.index(name) if name in JOB_FLEET_ORDER else 0
 
     items.sort(key=key)  # stable: file order inside each module stays
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The plays' share of the run and the slowest ten, beside pytest's --durations (where growth shows)."""
+    plays = harness.PLAY_LOG
+    if not plays:
+        return
+    if log := os.environ.get("LLAVA_FLEET_PLAY_LOG"):  # every play, one JSON object per line
+        Path(log).write_text("".join(json.dumps(play) + "\n" for play in plays))
+    write = terminalreporter.write_line
+    total = sum(play["seconds"] for play in plays)
+    task_runs = sum(play["tasks"] for play in plays)
+    terminalreporter.section("ansible plays of the fleet tests")
+    write(f"{len(plays)} plays, {total:.0f} s, {task_runs} task results (a task on a host)")
+    for play in sorted(plays, key=lambda play: -play["seconds"])[:10]:
+        where = f"{play['test']} [{play['play']}]"
+        write(f"{play['seconds']:7.1f}s {play['hosts']:2d} hosts {play['tasks']:4d} tasks  {where}")
 
 
 @pytest.fixture(scope="session")

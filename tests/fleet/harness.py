@@ -32,6 +32,9 @@ REPO = Path(__file__).resolve().parents[2]
 PLAYBOOKS = REPO / "playbooks"
 BIN = Path(sys.executable).parent  # the tools of the interpreter running the tests, then PATH
 
+# Every play of the session (test, label, hosts, tasks, seconds), for conftest's summary of the slowest.
+PLAY_LOG: list[dict[str, Any]] = []
+
 
 def tool(name: str) -> str:
     """A command-line tool of this environment (beside the running Python, else on PATH)."""
@@ -359,7 +362,17 @@ class Fleet:
             extra_args=args,
             env=fleet_env | dict(env or {}),
         )
-        return PlayResult(run, time.monotonic() - started, results)
+        result = PlayResult(run, time.monotonic() - started, results)
+        PLAY_LOG.append(
+            {
+                "test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0],
+                "play": label,
+                "hosts": len(results),
+                "tasks": sum(len(tasks) for tasks in results.values()),
+                "seconds": result.seconds,
+            }
+        )
+        return result
 
     def llava(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """The llava-devserver CLI, as a user runs it (a subprocess from the repository root)."""

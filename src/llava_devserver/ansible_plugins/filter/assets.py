@@ -20,12 +20,17 @@
 - `{{ stdout | llava_assets_rsync_bytes }}`, `{{ results | llava_assets_space_problems(host) }}`,
   `{{ results | llava_assets_verify_problems(host) }}`, `{{ plan | llava_assets_report(...) }}`.
 - `{{ container_path | llava_host_path(llava) }}`: its server path under work_dir.
-- `{{ None | llava_assets_python_files }}`: control-node paths of the standalone helper scripts.
+- `{{ None | llava_assets_python_files }}`: control-node paths of the standalone helper scripts;
+  `{{ dir | llava_assets_helpers_probe }}` a command showing those on a server, `{{ stdout_lines |
+  llava_assets_helpers_due }}` the ones to copy.
 """
 
 from __future__ import annotations
 
+import hashlib
+import shlex
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from llava_devserver import assets_plan
@@ -123,6 +128,28 @@ def llava_assets_python_files(_: Any = None) -> dict[str, str]:
     }
 
 
+# Owner, group and mode of every helper script (the copy task's, and what the probe's stat line shows).
+HELPER_STAT = "root:root:644"
+
+
+def llava_assets_helpers_probe(helper_dir: str) -> str:
+    """A shell command printing `sha256  name` and `owner:group:mode name` for each helper script there."""
+    names = " ".join(shlex.quote(name) for name in llava_assets_python_files())
+    return f"cd {shlex.quote(helper_dir)} && sha256sum -- {names}; stat -c '%U:%G:%a %n' -- {names}"
+
+
+def llava_assets_helpers_due(probe_lines: Sequence[str]) -> dict[str, str]:
+    """name -> control-node path of the helper scripts to copy: those the probe shows missing, different or
+    with another owner or mode (a link's mode is 777). The others are not sent again."""
+    seen = set(probe_lines)
+    due = {}
+    for name, path in llava_assets_python_files().items():
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        if f"{digest}  {name}" not in seen or f"{HELPER_STAT} {name}" not in seen:
+            due[name] = path
+    return due
+
+
 FILTERS: dict[str, Callable[..., Any]] = {
     "llava_assets_plan": llava_assets_plan,
     "llava_assets_control_fingerprints": assets_plan.control_fingerprints,
@@ -152,6 +179,8 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "llava_assets_transfer_problems": llava_assets_transfer_problems,
     "llava_assets_report": llava_assets_report,
     "llava_assets_python_files": llava_assets_python_files,
+    "llava_assets_helpers_probe": llava_assets_helpers_probe,
+    "llava_assets_helpers_due": llava_assets_helpers_due,
     "llava_host_path": llava_host_path,
 }
 
