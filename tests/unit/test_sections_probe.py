@@ -1,0 +1,48 @@
+"""A role's one probe (llava_devserver.sections): the shell function and the parser of what it prints."""
+
+from __future__ import annotations
+
+import subprocess
+
+from llava_devserver.sections import PROBE_FUNCTION, card_sections, probe_results
+
+
+def _probe(script: str) -> str:
+    return subprocess.run(["sh", "-c", f"{PROBE_FUNCTION}\n{script}"], capture_output=True, text=True).stdout
+
+
+def test_each_command_gives_its_exit_status_and_output_without_trailing_newlines() -> None:
+    out = _probe(
+        "probe plain echo hello\n"
+        "probe no_newline sh -c 'printf partial; exit 3'\n"
+        "probe empty true\n"
+        "probe missing no-such-tool-here 2>/dev/null\n"
+    )
+    assert probe_results(out) == {
+        "plain": {"rc": 0, "stdout": "hello"},
+        "no_newline": {"rc": 3, "stdout": "partial"},
+        "empty": {"rc": 0, "stdout": ""},
+        "missing": {"rc": 127, "stdout": ""},
+    }
+
+
+def test_rc_is_left_for_the_script_and_inner_sections_stay_in_the_body() -> None:
+    out = _probe(
+        "probe first sh -c 'exit 4'\n"
+        'if [ "$rc" = 4 ]; then\n'
+        '  probe cards sh -c \'for n in 0 1; do echo "### card $n ecc"; echo "n=$n"; done\'\n'
+        "fi\n"
+    )
+    results = probe_results(out)
+    assert results["first"]["rc"] == 4
+    assert card_sections(str(results["cards"]["stdout"]), "ecc") == {0: "n=0", 1: "n=1"}
+
+
+def test_a_command_cut_off_before_its_end_marker_is_left_out() -> None:
+    text = "#### begin done\nok\n\n#### end done 0\n#### begin cut\nhalf a line"
+    assert probe_results(text) == {"done": {"rc": 0, "stdout": "ok"}}
+    assert probe_results("") == {}
+    # an end marker of another name does not close the section, and text outside any section is dropped
+    assert probe_results("noise\n#### begin a\nx\n#### end b 0\ny\n#### end a 1\n") == {
+        "a": {"rc": 1, "stdout": "x\n#### end b 0\ny"}
+    }
