@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
+from llava_devserver.ansible_plugins.filter.probe import llava_root_dirs_due, llava_root_dirs_probe
 from llava_devserver.sections import PROBE_FUNCTION, card_sections, probe_results
 
 
@@ -46,3 +48,21 @@ def test_a_command_cut_off_before_its_end_marker_is_left_out() -> None:
     assert probe_results("noise\n#### begin a\nx\n#### end b 0\ny\n#### end a 1\n") == {
         "a": {"rc": 1, "stdout": "x\n#### end b 0\ny"}
     }
+
+
+def test_root_dirs_due_lists_what_is_missing_a_link_or_not_root_only(tmp_path: Path) -> None:
+    good, loose, target = tmp_path / "good", tmp_path / "loose", tmp_path / "target"
+    for path in (good, loose, target):
+        path.mkdir()
+    good.chmod(0o700)
+    loose.chmod(0o755)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    dirs = [str(good), str(loose), str(link), str(tmp_path / "missing")]
+    out = subprocess.run(llava_root_dirs_probe(dirs), capture_output=True, text=True)
+    assert out.returncode != 0  # the missing one
+    owner = subprocess.run(["stat", "-c", "%U:%G", str(good)], capture_output=True, text=True).stdout.strip()
+    due = llava_root_dirs_due(dirs, out.stdout.splitlines())
+    # only a root:root 0700 directory is left alone (the test may run as another user: then all are due)
+    assert due == (dirs[1:] if owner == "root:root" else dirs)
+    assert llava_root_dirs_due(dirs, [f"root:root:700:directory {path}" for path in dirs]) == []
