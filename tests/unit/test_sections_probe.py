@@ -66,3 +66,27 @@ def test_root_dirs_due_lists_what_is_missing_a_link_or_not_root_only(tmp_path: P
     # only a root:root 0700 directory is left alone (the test may run as another user: then all are due)
     assert due == (dirs[1:] if owner == "root:root" else dirs)
     assert llava_root_dirs_due(dirs, [f"root:root:700:directory {path}" for path in dirs]) == []
+
+
+def test_stat_from_kinds_reads_what_the_container_probe_prints(tmp_path: Path) -> None:
+    from llava_devserver.ansible_plugins.filter.probe import llava_stat_from_kinds
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").touch()
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "file")
+    (tmp_path / "dangling").symlink_to(tmp_path / "none")
+    names = ["file", "empty", "dir", "link", "dangling", "none"]
+    script = 'for path; do stat -L -c %F -- "$path" 2>/dev/null || echo missing; done'
+    out = subprocess.run(
+        ["sh", "-c", script, "sh", *(str(tmp_path / name) for name in names)], capture_output=True, text=True
+    )
+    stats = llava_stat_from_kinds(out.stdout.splitlines())
+    assert [(s["exists"], s["isdir"], s["isreg"]) for s in stats] == [
+        (True, False, True),
+        (True, False, True),
+        (True, True, False),
+        (True, False, True),  # followed, as stat's follow: true
+        (False, False, False),
+        (False, False, False),
+    ]

@@ -4,6 +4,8 @@
 - `{{ out.stdout | llava_probe_results }}`: NAME -> {"rc", "stdout"} of every command the probe ran.
 - `{{ dirs | llava_root_dirs_probe }}`: argv of one `stat` of root's folders; `{{ dirs |
   llava_root_dirs_due(out.stdout_lines) }}` the ones that are not yet root's own 0700 directories.
+- `{{ lines | llava_stat_from_kinds }}`: `stat -L -c %F` lines (or `missing`) as ansible.builtin.stat's
+  `exists`, `isdir`, `isreg`.
 """
 
 from __future__ import annotations
@@ -29,11 +31,20 @@ def llava_root_dirs_due(dirs: Sequence[str], stat_lines: Sequence[str]) -> list[
     return [str(path) for path in dirs if f"{ROOT_DIR_STAT} {path}" not in seen]
 
 
+def llava_stat_from_kinds(kinds: Sequence[str]) -> list[dict[str, bool]]:
+    """What ansible.builtin.stat (follow: true) says of each path, from `stat -L -c %F` or `missing`."""
+    return [
+        {"exists": kind != "missing", "isdir": kind == "directory", "isreg": kind.startswith("regular")}
+        for kind in (str(line).strip() for line in kinds)
+    ]
+
+
 FILTERS: dict[str, Callable[..., Any]] = {
     "llava_probe_function": lambda _=None: sections.PROBE_FUNCTION,
     "llava_probe_results": sections.probe_results,
     "llava_root_dirs_probe": llava_root_dirs_probe,
     "llava_root_dirs_due": llava_root_dirs_due,
+    "llava_stat_from_kinds": llava_stat_from_kinds,
 }
 
 
