@@ -166,18 +166,22 @@ def test_full_inspect_is_reduced_to_the_fields_the_check_uses() -> None:
 def _inspect_format() -> str:
     from llava_devserver.npu_devices import HOLDERS_FORMAT
 
-    for path, variable in (
-        ("roles/npu_check/tasks/main.yml", "npu_check_inspect_format"),
-        ("roles/training_container/tasks/checks.yml", "training_container_holders_format"),
+    npu_probe = next(t for t in _tasks("roles/npu_check/tasks/main.yml") if "probe.sh.j2" in str(t))
+    container_probe = next(
+        t
+        for t in _tasks("roles/training_container/tasks/checks.yml")
+        if "ansible.builtin.shell" in t and "inspect" in t["ansible.builtin.shell"]
+    )
+    for task, script, variable in (
+        (npu_probe, (REPO / "roles/npu_check/templates/probe.sh.j2").read_text(), "npu_check_inspect_format"),
+        (container_probe, container_probe["ansible.builtin.shell"], "training_container_holders_format"),
     ):
-        task = next(
-            t
-            for t in _tasks(path)
-            if "ansible.builtin.shell" in t and "inspect" in t["ansible.builtin.shell"]
+        # an argument of the probe's `bash -c` ($0 there), shell-quoted: `environment:` values land unquoted
+        # on a shell command line
+        assert 'docker inspect --format "$0"\'' in script and f"{{{{ {variable} | quote }}}}" in script, (
+            variable
         )
-        # an argument, shell-quoted: `environment:` values land unquoted on a shell command line
-        assert f"docker inspect --format {{{{ {variable} | quote }}}}" in task["ansible.builtin.shell"], path
-        assert "environment" not in task, path
+        assert "environment" not in task, variable
     checks = next(t for t in _tasks("roles/training_container/tasks/checks.yml") if "vars" in t)
     assert checks["vars"]["training_container_holders_format"] == "{{ None | llava_docker_holders_format }}"
     npu_vars = yaml.safe_load((REPO / "roles/npu_check/vars/main.yml").read_text())
