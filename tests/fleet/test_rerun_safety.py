@@ -34,6 +34,7 @@ import pytest
 
 import harness
 from cmdline_sampler import CmdlineSampler
+from llava_devserver.sections import probe_results
 
 pytestmark = pytest.mark.fleet
 
@@ -243,8 +244,9 @@ def test_preflight_keeps_other_tenants_environments_out_of_the_run(fleet: harnes
     try:
         result = run(fleet, "validate", "preflight", name="preflight-tenant")
         result.assert_ok()  # NPU 7 is not one of ours
-        holders = result.task(host, "List running containers and the devices they hold").res
-        lines = [json.loads(line) for line in str(holders.get("stdout", "")).splitlines() if line.strip()]
+        probe = result.task(host, "Read the NPUs, the driver and the device nodes (one probe)").res
+        holders = probe_results(str(probe.get("stdout", "")))["containers"]  # npu_check's holder listing
+        lines = [json.loads(line) for line in str(holders["stdout"]).splitlines() if line.strip()]
         tenant_line = next(line for line in lines if line["name"] == "/llava-tenant")
         assert tenant_line == {
             "name": "/llava-tenant", "running": True, "devices": [], "visible": "ASCEND_VISIBLE_DEVICES=7",

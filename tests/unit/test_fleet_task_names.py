@@ -58,7 +58,7 @@ def known_tasks() -> list[re.Pattern[str]]:
 
 def named_tasks(path: Path) -> Iterator[tuple[int, str, bool]]:
     """(line, task name, used as a prefix) for every task a fleet test names: the name argument of
-    outcome()/outcomes(), and every "role : task" string."""
+    outcome()/outcomes()/task(), and every "role : task" string."""
     tree = ast.parse(path.read_text(), filename=str(path))
     prefixes: set[int] = set()
     for node in ast.walk(tree):
@@ -66,7 +66,7 @@ def named_tasks(path: Path) -> Iterator[tuple[int, str, bool]]:
             args = [a for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
             if node.func.attr == "startswith":
                 prefixes.update(id(a) for a in args)
-            elif node.func.attr in ("outcome", "outcomes") and args:
+            elif node.func.attr in ("outcome", "outcomes", "task") and args:
                 yield node.lineno, str(args[-1].value), False
     for node in ast.walk(tree):
         text = node.value if isinstance(node, ast.Constant) else None
