@@ -82,7 +82,9 @@ def _spec_problems(role: str, entry: str, name: str, spec: Mapping[str, Any]) ->
         problems.append(f"{where}: no description")
     if "default" in spec:
         default = spec["default"]
-        if kind in TYPES and not _is_type(default, kind):
+        # A template (`{{ llava.x }}`) is the value Ansible computes from the settings, of any type.
+        templated = isinstance(default, str) and default.startswith("{{") and default.endswith("}}")
+        if kind in TYPES and not templated and not _is_type(default, kind):
             problems.append(f"{where}: default {default!r} is not a {kind}")
         if "choices" in spec and default not in spec["choices"]:
             problems.append(f"{where}: default {default!r} is not one of its choices {spec['choices']}")

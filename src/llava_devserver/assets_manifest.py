@@ -17,8 +17,9 @@ Standalone on purpose (Python 3 standard library only, like assets_verify.py bes
 `batch` runs several of status/verify/mark/space (keyword arguments as below) in one process: the role
 checks all assets of a server in one SSH round trip.
 
-Each prints one JSON object. `verify` exits 1 when the asset is not sound, `hub-download` 3 when
-huggingface_hub is missing and 1 when the download fails; the others exit 0 (2 on a usage error).
+Each prints one JSON object. `verify` exits 1 when the asset is not sound, `hub-download` 1 when the
+download fails (with huggingface_hub where the server has it, else with hub_fetch.py, the standard
+library's client of the same HTTP interface); the others exit 0 (2 on a usage error).
 
 The fingerprint of a file or directory is cheap on purpose: every file's relative path, size and mtime
 (whole seconds, which rsync -a and synchronize preserve) and, for files up to `--hash-small` bytes (configs,
@@ -58,21 +59,24 @@ import time
 from typing import Any
 
 try:  # in the package
-    from llava_devserver import as_owner, assets_archive, assets_verify
-except ImportError:  # copied to a server beside assets_verify.py, assets_archive.py and as_owner.py
+    from llava_devserver import as_owner, assets_archive, assets_verify, hub_fetch
+except (
+    ImportError
+):  # copied to a server beside assets_verify.py, assets_archive.py, as_owner.py, hub_fetch.py
     import as_owner  # type: ignore[no-redef]
     import assets_archive  # type: ignore[no-redef]
     import assets_verify  # type: ignore[no-redef]
+    import hub_fetch  # type: ignore[no-redef]
 
 MANIFEST_VERSION = 1
 KINDS = ("llm", "vision_tower", "pretrain_json", "images")
-EXIT_NO_HUB = 3
 
-# What `hub-download` runs: huggingface_hub reads HF_ENDPOINT from the environment; the token, when there is
-# one, comes on stdin (--token-stdin) and is handed to huggingface_hub as an argument, never through argv or
-# the environment of a command line.
+# What `hub-download` runs: huggingface_hub (or hub_fetch) reads HF_ENDPOINT and the proxy from the
+# environment; the token, when there is one, comes on stdin (--token-stdin) and is handed over as an
+# argument, never through argv or the environment of a command line.
 _HUB_SCRIPT_DOC = (
-    "snapshot_download(repo_id, revision=, repo_type=, local_dir=) or hf_hub_download(filename=)"
+    "snapshot_download(repo_id, revision=, repo_type=, local_dir=) or hf_hub_download(filename=); "
+    "without huggingface_hub, the same from the hub's HTTP interface (hub_fetch.py)"
 )
 
 
@@ -382,18 +386,17 @@ def hub_download(
     filename: str | None,
     token: str | None = None,
 ) -> dict[str, Any]:
-    """Download with huggingface_hub (HF_ENDPOINT from the environment, `token` as given) into `dest` (a
-    directory, or with `filename` the file `dest`)."""
+    """Download with huggingface_hub, or without it with hub_fetch (HF_ENDPOINT and the proxy from the
+    environment, `token` as given), into `dest` (a directory, or with `filename` the file `dest`)."""
     auth = {"token": token} if token else {}
     try:
         import huggingface_hub
     except ImportError:
-        return {
-            "ok": False,
-            "code": EXIT_NO_HUB,
-            "error": "huggingface_hub is not installed for this python3 (pip install huggingface_hub)",
-        }
+        huggingface_hub = None
     try:
+        if huggingface_hub is None:
+            got = hub_fetch.download(repo_id, revision, repo_type, dest, filename, token)
+            return {"ok": True, "code": 0, "path": dest, "client": "hub_fetch", **got}
         if filename:
             os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
             got = huggingface_hub.hf_hub_download(
@@ -414,7 +417,7 @@ def hub_download(
     except Exception as error:  # any hub/network error, reported with the repo and endpoint
         endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
         return {"ok": False, "code": 1, "error": f"{repo_type} {repo_id}@{revision} from {endpoint}: {error}"}
-    return {"ok": True, "code": 0, "path": dest}
+    return {"ok": True, "code": 0, "path": dest, "client": "huggingface_hub"}
 
 
 def hub_download_as(owner: str, download: Any) -> dict[str, Any]:

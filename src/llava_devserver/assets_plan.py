@@ -523,7 +523,7 @@ def hub_problems(results: Sequence[Mapping[str, Any]], host: str, endpoint: str 
         reason = out.get("error") or f"exit {item.get('rc')}"
         problems.append(
             f"{host}: assets.{asset['name']}: hub download of {asset.get('repo_id')}@{asset.get('revision')} "
-            f"({where}) failed: {reason}; install huggingface_hub on the server, check hf_endpoint/hf_token, "
+            f"({where}) failed: {reason}; check hf_endpoint, hf_token and the proxy settings, "
             "or use source control/server"
         )
     return problems

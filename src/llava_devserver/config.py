@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from llava_devserver import pathrules
+from llava_devserver import pathrules, proxy
 from llava_devserver.npu_devices import parse_device_ids
 
 GROUP = "devservers"
@@ -615,6 +615,24 @@ class Settings(BaseModel):
     hf_token: SecretStr | None = Field(
         None, description="Hugging Face token (secret; never printed).", json_schema_extra=_scope("fleet")
     )
+    http_proxy: str | None = Field(
+        None,
+        description="Proxy for outbound HTTP, e.g. `http://proxy.example.com:3128`: the package manager, "
+        "dockerd (registry login and pull), the hub downloads, build.sh and the job use it; no credentials "
+        "in the URL (the servers' files show it).",
+        json_schema_extra=_scope("fleet"),
+    )
+    https_proxy: str | None = Field(
+        None,
+        description="Proxy for outbound HTTPS (CONNECT), usually the same URL as http_proxy.",
+        json_schema_extra=_scope("fleet"),
+    )
+    no_proxy: str | None = Field(
+        None,
+        description="Hosts, domains (`.example.com`), addresses and CIDRs reached without the proxy, "
+        "comma-separated, e.g. `localhost,127.0.0.1,.internal`.",
+        json_schema_extra=_scope("fleet"),
+    )
     assets: Assets = Field(
         default_factory=Assets,
         description="Where llm, vision_tower, pretrain_json and images come from: each "
@@ -861,6 +879,16 @@ class Settings(BaseModel):
         if value == 0:
             raise ValueError("0 would train nothing; use -1 (the epochs decide) or a number of steps")
         return value
+
+    @field_validator("http_proxy", "https_proxy")
+    @classmethod
+    def _proxy_url(cls, value: str | None) -> str | None:
+        return None if value is None else proxy.check_proxy_url(value)
+
+    @field_validator("no_proxy")
+    @classmethod
+    def _no_proxy(cls, value: str | None) -> str | None:
+        return None if value is None else proxy.check_no_proxy(value)
 
     @field_validator("hf_endpoint")
     @classmethod
@@ -1117,6 +1145,9 @@ class HostSettings(BaseModel):
             "metadata_guard": s.metadata_guard,
             "hf_endpoint": s.hf_endpoint,
             "hf_token_set": s.hf_token is not None,
+            "proxy_env": proxy.proxy_environment(
+                {"http_proxy": s.http_proxy, "https_proxy": s.https_proxy, "no_proxy": s.no_proxy}
+            ),
             "assets": assets,
             "rolling_batch": s.rolling_batch,
             "max_fail_percentage": s.max_fail_percentage,

@@ -77,12 +77,19 @@ def docker_restart_decision(
     current: Mapping[str, Any],
     wanted: Mapping[str, Any],
     daemon_json: str = "/etc/docker/daemon.json",
+    other_files: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Whether the daemon.json change (and the restart of dockerd) waits: `{"wait", "keys", "message"}`."""
+    """Whether the daemon.json change (and the restart of dockerd) waits: `{"wait", "keys", "message"}`.
+
+    other_files: further files of dockerd's that this run would change (its proxy environment), which wait
+    with daemon.json."""
     keys = changed_keys(current, wanted)
-    if not keys:
+    files = ([f"{daemon_json} ({', '.join(keys)})"] if keys else []) + list(other_files)
+    if not files:
         return {"wait": False, "keys": [], "message": None}
-    what = f"the change of {daemon_json} ({', '.join(keys)}) and the restart of dockerd it needs"
+    what = f"the change of {' and of '.join(files)} and the restart of dockerd it needs"
+    left = " and ".join(([daemon_json] if keys else []) + list(other_files))
+    verb = "are left as they are" if len(files) > 1 else "is left as it is"
     if not probe.get("ok"):
         return {
             "wait": True,
@@ -90,7 +97,7 @@ def docker_restart_decision(
             "message": (
                 f"{host}: {what} wait: the state of the training job in {container} cannot be read "
                 f"({probe.get('error')}), and a restart of dockerd would stop it if it runs. "
-                f"{daemon_json} is left as it is; fix that, then run playbooks/host.yml again"
+                f"{left} {verb}; fix that, then run playbooks/host.yml again"
             ),
         }
     if probe.get("running"):
@@ -99,7 +106,7 @@ def docker_restart_decision(
             "keys": keys,
             "message": (
                 f"{host}: {what} wait while {_job_words(probe, container)} runs: a restart of dockerd "
-                f"would stop it. {daemon_json} is left as it is; run playbooks/host.yml again when the job "
+                f"would stop it. {left} {verb}; run playbooks/host.yml again when the job "
                 "has ended (or stop it first: playbooks/train_stop.yml; it resumes from its last checkpoint)"
             ),
         }

@@ -173,7 +173,7 @@ def _check_settings(settings: Mapping[str, Any]) -> str:
 
 
 def job_environment(settings: Mapping[str, Any]) -> dict[str, str]:
-    """The exported environment, sorted: device visibility and the hub mirror, then `train_env` on top.
+    """The exported environment, sorted: device visibility, hub mirror and proxy, then `train_env` on top.
 
     `train_env` from the config already holds the NPU defaults (HCCL_CONNECT_TIMEOUT, TASK_QUEUE_ENABLE,
     CPU_AFFINITY_CONF); they are merged in again so that a hand-built settings dict gets them too.
@@ -182,6 +182,8 @@ def job_environment(settings: Mapping[str, Any]) -> dict[str, str]:
     merged = {"ASCEND_RT_VISIBLE_DEVICES": ",".join(str(i) for i in range(settings["nproc_per_node"]))}
     if settings.get("hf_endpoint"):
         merged["HF_ENDPOINT"] = str(settings["hf_endpoint"])
+    # The fleet's proxy: a hub id read at run time is downloaded by the job itself.
+    merged.update({k: str(v) for k, v in (settings.get("proxy_env") or {}).items()})
     merged.update(DEFAULT_TRAIN_ENV)
     # The HCCL host NIC settings (validated in the config); HCCL_IF_IP wins in HCCL when both are set.
     if settings.get("hccl_if_ip"):

@@ -1,25 +1,30 @@
 """The role training_container on a 2-server simulated fleet, checked through each server's Docker API.
 
 One fleet for the module (2 cores): devserver-1 starts with Docker preinstalled, devserver-2 with the
-`device-bound` fault (another container holds /dev/davinci0). A local registry (sim/registry.py) stands in
-for SWR. The tests run in file order, each building on the state the previous one left:
+`device-bound` fault (another container holds /dev/davinci0). A closed network (`sim up --proxy`): the
+servers' only way out is a forwarding proxy (sim/proxy.py), and a local registry (sim/registry.py) stands in
+for SWR outside it. The tests run in file order, each building on the state the previous one left:
 
-0. (fixture) validate + host, with the registry among Docker's insecure registries.
-1. validate + container: devserver-1 gets its container from the image archive; devserver-2 is refused
+0. (fixture) validate + host, with the registry among Docker's insecure registries: devserver-2 installs
+   Docker from the Debian mirror through the proxy.
+1. Neither the mirror nor the registry is reachable from a server but through the proxy; both dockerds run
+   with the proxy's environment; the proxy's log shows devserver-2's apt downloads.
+2. validate + container: devserver-1 gets its container from the image archive; devserver-2 is refused
    (NPU 0 held) and has no container.
-2. NPU freed but /usr/local/dcmi removed on devserver-2: refused again, no container; devserver-1 changed=0.
-3. devserver-2 pulls from the registry (password from Ansible Vault): bad password, missing tag, check
-   mode (changes nothing), then the right image; the password never appears in the output nor on any
-   process command line of the server (sampled during the login and pull); the login's temporary
-   DOCKER_CONFIG is gone afterwards (a stale one of an interrupted run too), /root/.docker/config.json
-   never holds it; a rerun changes nothing.
-4. devserver-1 with a training job running: a changed shm size fails without container_recreate, and
+3. NPU freed but /usr/local/dcmi removed on devserver-2: refused again, no container; devserver-1 changed=0.
+4. devserver-2 pulls from the registry through the proxy (password from Ansible Vault): bad password,
+   missing tag, check mode (changes nothing), then the right image; the password never appears in the output
+   nor on any process command line of the server (sampled during the login and pull); the login's temporary
+   DOCKER_CONFIG is gone afterwards (a stale one of an interrupted run too), /root/.docker/config.json never
+   holds it; the proxy's log shows the pull; a rerun changes nothing.
+5. devserver-1 with a training job running: a changed shm size fails without container_recreate, and
    recreates the container with it.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import zipfile
 from collections.abc import Iterator
@@ -48,6 +53,12 @@ class Fleet:
     registry_password: str
     image: str  # the test image's local tag (also what the archive holds)
     vault_file: Path
+    network: str  # the fleet network, whose proxy is the servers' way out
+
+    def proxy_requests(self) -> list[str]:
+        from llava_devserver.sim import proxy as sim_proxy
+
+        return sim_proxy.requests(harness.docker_client(), self.network)
 
     def run(self, *plays: str, **options: Any) -> harness.PlayResult:
         return self.sim.run_play(*plays, vault_password_file=self.vault_file, **options)
@@ -67,17 +78,19 @@ def _vault_string(vault_file: Path, name: str, value: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    from llava_devserver.sim import proxy as sim_proxy
     from llava_devserver.sim import registry as sim_registry
     from llava_devserver.sim.faults import apply_fault, parse_fault
 
     client = harness.docker_client()
     out = tmp_path_factory.mktemp("ctr")
     faults = {"devserver-1": ["docker-preinstalled"], "devserver-2": ["device-bound=0"]}
-    with harness.fleet_up("ctr", 2, out, faults=faults, job=False) as sim:
+    with harness.fleet_up("ctr", 2, out, faults=faults, job=False, proxy=True) as sim:
         network = sim_fleet.network_name(sim.name)
+        outside = sim_proxy.outside_network_name(network)
         try:
             image = harness.use_small_training_image(sim)
-            registry = sim_registry.ensure_registry(client, network)
+            registry = sim_registry.ensure_registry(client, outside)
             sim_registry.push_image(client, registry, image, REGISTRY_REPOSITORY)
             package = out / "AscendCloud-6.3.906-test.zip"
             with zipfile.ZipFile(package, "w") as zf:
@@ -87,13 +100,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             sim.set_group_vars(
                 ascendcloud_package=str(package), docker_engine_insecure_registries=[registry.address]
             )
-            ready = Fleet(sim, registry.address, registry.password, image, vault_file)
+            ready = Fleet(sim, registry.address, registry.password, image, vault_file, network)
             ready.run("validate", "host").assert_ok()
             # A restart of dockerd (insecure registry added) stops the other user's container: start it again.
             apply_fault(sim.container("devserver-2"), parse_fault("device-bound=0"))
             yield ready
         finally:
-            sim_registry.remove_registry(client, network)
+            sim_registry.remove_registry(client, outside)
 
 
 def inspect(fleet: Fleet, host: str) -> dict[str, Any] | None:
@@ -152,6 +165,31 @@ def _host_vars(fleet: Fleet, host: str, values: dict[str, Any] | None) -> None:
         if isinstance(value, str) and "$ANSIBLE_VAULT" in value:
             text += f"{key}: !vault |\n" + "".join(f"  {line}\n" for line in value.strip().splitlines())
     path.write_text(text)
+
+
+def _reach(fleet: Fleet, host: str, address: str, port: int) -> str:
+    """CONNECTED or the error of a direct TCP connection from the server (no proxy)."""
+    code = (
+        "import socket\n"
+        f"try:\n    socket.create_connection(({address!r}, {port}), 3)\n    print('CONNECTED')\n"
+        "except OSError as e:\n    print(type(e).__name__, e)\n"
+    )
+    done = fleet.sh(host, f"python3 -c {shlex.quote(code)}")
+    return (done.stdout + done.stderr).strip()
+
+
+def test_the_servers_go_out_only_through_the_proxy(fleet: Fleet) -> None:
+    proxy_url = fleet.sim.group_vars()["https_proxy"]
+    registry_host, registry_port = fleet.registry_address.rsplit(":", 1)
+    for host in ("devserver-1", "devserver-2"):
+        assert _reach(fleet, host, registry_host, int(registry_port)) != "CONNECTED", host
+        assert _reach(fleet, host, "deb.debian.org", 80) != "CONNECTED", host
+        # dockerd runs with the proxy (the preinstalled one of devserver-1 was restarted with it)
+        info = fleet.sh(host, "docker info --format '{{.HTTPProxy}} {{.HTTPSProxy}} {{.NoProxy}}'")
+        assert info.stdout.split() == [proxy_url, proxy_url, "localhost,127.0.0.1"], (host, info)
+    # devserver-2 installed docker.io from the Debian mirror, which it reached only through the proxy
+    requests = fleet.proxy_requests()
+    assert any(r.startswith("GET http://deb.debian.org/") and "docker.io" in r for r in requests), requests
 
 
 def test_archive_path_and_npu_held_by_another_container(fleet: Fleet) -> None:
@@ -247,6 +285,12 @@ def test_pull_from_registry_with_vault_credentials(fleet: Fleet) -> None:
         # no credentials left on the server: the default client configuration was never written
         config = fleet.sh("devserver-2", "cat /root/.docker/config.json 2>/dev/null || true").stdout
         assert fleet.registry_address not in config and '"auth"' not in config, config
+
+        # the registry is outside: the login and the pull went through the proxy
+        through = [r for r in fleet.proxy_requests() if f"http://{fleet.registry_address}/v2/" in r]
+        assert any("/manifests/" in r for r in through) and any("/blobs/sha256:" in r for r in through), (
+            through
+        )
 
         again = fleet.run("validate", "container", **limit)
         assert again.recap["devserver-2"]["changed"] == 0, again.output[-4000:]

@@ -83,7 +83,8 @@ def test_hub_task_sends_the_token_on_stdin_only() -> None:
     command = hub["ansible.builtin.command"]
     assert "hf_token" in command["stdin"] and hub["no_log"] is True
     assert "hf_token" not in hub["environment"]
-    assert "llava_assets_hub_env }}" in hub["environment"]  # the endpoint only
+    # the endpoint and the proxy only
+    assert hub["environment"] == "{{ llava.hf_endpoint | llava_assets_hub_env | combine(llava.proxy_env) }}"
     assert "HF_TOKEN" not in ap.hub_environment("https://hf-mirror.com")
 
 
@@ -222,7 +223,9 @@ def test_manifest_helper_still_runs_under_python3_standalone(tmp_path: Path) -> 
         [sys.executable, "-S", str(Path(am.__file__)), "hub-download", "--repo-id", "o/m",
          "--dest", str(tmp_path / "x"), "--token-stdin", "--owner", f"{os.getuid()}:{os.getgid()}"],
         input=TOKEN + "\n", capture_output=True, text=True, check=False, cwd=tmp_path,
+        env={**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"},  # nothing listens: refused at once
     )  # fmt: skip
-    # huggingface_hub is not installed here: exit 3, and the token is in no output
-    assert result.returncode == 3, result.stderr
+    # without huggingface_hub, hub_fetch.py (beside it) tries the hub: exit 1, and the token is in no output
+    assert result.returncode == 1, result.stderr
+    assert "GET http://127.0.0.1:9/api/models/o/m/revision/main" in result.stdout, result.stdout
     assert TOKEN not in result.stdout + result.stderr

@@ -85,12 +85,34 @@ def register(subparsers: Any) -> None:
         help="put the servers behind a jump host, as in a VPC: they refuse new connections from this machine "
         "and the inventory reaches them through the bastion (a ProxyCommand in ansible_ssh_common_args)",
     )
+    up.add_argument(
+        "--proxy",
+        action="store_true",
+        help="give the servers no way out but a forwarding proxy (tinyproxy), as in a closed network: the "
+        "fleet network is internal, the registry of --registry runs outside it, and the inventory sets "
+        "http_proxy and https_proxy",
+    )
+    up.add_argument(
+        "--hub",
+        action="store_true",
+        help="also start a stand-in Hugging Face hub and make the inventory download the vision tower from "
+        "it (hf_endpoint, source hub); with --proxy it is outside, reached through the proxy",
+    )
     up.set_defaults(func=cmd_up)
 
     status = sim.add_parser("status", help="list simulated servers")
     status.add_argument("--name", help="only this fleet")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+
+    outbound = sim.add_parser(
+        "requests",
+        help="what went out of a fleet: the requests its proxy forwarded (sim up --proxy) and its hub "
+        "served (--hub)",
+    )
+    outbound.add_argument("--name", default=DEFAULT_FLEET, help=f"fleet name (default {DEFAULT_FLEET})")
+    outbound.add_argument("--json", action="store_true", help='{"proxy": [...], "hub": [...]}')
+    outbound.set_defaults(func=cmd_requests)
 
     fault = sim.add_parser("fault", help="inject faults into running servers")
     fault.add_argument("--name", default=DEFAULT_FLEET, help=f"fleet name (default {DEFAULT_FLEET})")
@@ -165,6 +187,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         return _fail(str(exc), EXIT_USAGE)
     if args.registry and args.no_job:
         return _fail("--registry serves the training image, which --no-job skips", EXIT_USAGE)
+    if args.hub and args.no_job:
+        return _fail("--hub serves the vision tower, which --no-job skips", EXIT_USAGE)
     hosts = [host_name(i) for i in range(1, args.hosts + 1)]
     try:
         faults = _parse_faults(args.fault, hosts)
@@ -186,6 +210,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             log_style=args.log_style,
             link_mbps=args.link_mbps,
             bastion=args.bastion,
+            proxy=args.proxy,
+            hub=args.hub,
         )
     except ModuleNotFoundError as exc:
         return _fail(f"the job stand-ins are not available ({exc}); use --no-job for servers only")
@@ -212,6 +238,35 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("  ".join(c.upper().ljust(widths[c]) for c in columns))
     for row in rows:
         print("  ".join(row[c].ljust(widths[c]) for c in columns))
+    return EXIT_OK
+
+
+def cmd_requests(args: argparse.Namespace) -> int:
+    from llava_devserver.sim import hub as sim_hub
+    from llava_devserver.sim import proxy as sim_proxy
+    from llava_devserver.sim.fleet import FleetError, docker_client, network_name
+
+    try:
+        client = docker_client()
+        network = network_name(args.name)
+        seen: dict[str, list[str] | None] = {}
+        for what, read, error in (
+            ("proxy", sim_proxy.requests, sim_proxy.ProxyError),
+            ("hub", sim_hub.requests, sim_hub.HubError),
+        ):
+            try:
+                seen[what] = read(client, network)
+            except error:  # this fleet has none
+                seen[what] = None
+    except FleetError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps(seen, indent=2))
+        return EXIT_OK
+    for what, lines in seen.items():
+        print(f"# {what}: " + ("none in this fleet" if lines is None else f"{len(lines)} requests"))
+        for line in lines or []:
+            print(line)
     return EXIT_OK
 
 
@@ -251,6 +306,7 @@ def cmd_images(args: argparse.Namespace) -> int:
 
     from llava_devserver.sim import image as sim_image
     from llava_devserver.sim.fleet import FleetError, docker_client
+    from llava_devserver.sim.proxy import ProxyError, ensure_proxy_image
     from llava_devserver.sim.registry import ensure_registry_image
     from llava_devserver.sim.training_image import TrainingImageError, ensure_training_image
 
@@ -263,6 +319,7 @@ def cmd_images(args: argparse.Namespace) -> int:
                 partial(sim_image.ensure_docker_server_image, profile=profile),
             )
         )
+    builders.append(("proxy", ensure_proxy_image))
     if not args.no_job:
         builders.append(("registry", ensure_registry_image))
         builders.append(("training", lambda c: ensure_training_image(c).tag))
@@ -272,7 +329,7 @@ def cmd_images(args: argparse.Namespace) -> int:
             started = time.monotonic()
             tag = build(client)
             print(f"sim: {what}: {tag} ({time.monotonic() - started:.1f} s)", flush=True)
-    except (FleetError, sim_image.SimImageError, TrainingImageError) as exc:
+    except (FleetError, sim_image.SimImageError, TrainingImageError, ProxyError) as exc:
         return _fail(str(exc))
     return EXIT_OK
 

@@ -1,7 +1,7 @@
 """Start, list and remove simulated DevServer fleets (Docker containers on a private network).
 
 Docker objects of fleet NAME (all labelled `llava-devserver.sim.fleet=NAME`):
-- network `llava-sim-NAME` (bridge);
+- network `llava-sim-NAME` (bridge; internal with `--proxy`, and then also `llava-sim-NAME-outside`);
 - containers `llava-sim-NAME-devserver-I` (hostname and network alias `devserver-I`);
 - volumes `llava-sim-NAME-devserver-I-docker` at /var/lib/docker (the inner engine the roles install).
 
@@ -32,8 +32,10 @@ from docker.models.containers import Container
 
 from llava_devserver.sim import bastion as sim_bastion
 from llava_devserver.sim import device_network
+from llava_devserver.sim import hub as sim_hub
 from llava_devserver.sim import image as sim_image
 from llava_devserver.sim import link as sim_link
+from llava_devserver.sim import proxy as sim_proxy
 from llava_devserver.sim.faults import DOCKER_FAULTS, Fault, apply_fault, put_file
 from llava_devserver.sim.inventory import SimHost, SimJob, sim_group_vars, write_inventory
 from llava_devserver.sim.registry import ensure_registry, push_image, registry_settings, remove_registry
@@ -139,14 +141,23 @@ def _fleet_containers(client: docker.DockerClient, fleet: str | None) -> list[Co
     return sorted(containers, key=_order_key)
 
 
-def _ensure_network(client: docker.DockerClient, fleet: str) -> Any:
+def _ensure_network(client: docker.DockerClient, fleet: str, internal: bool = False) -> Any:
+    """The fleet network; `internal`: without a way out (Docker gives it no route beyond its subnet, the
+    control node still reaches the servers on it)."""
     name = network_name(fleet)
     for network in client.networks.list(names=[name]):
         if network.name == name:
+            if bool(network.attrs.get("Internal")) != internal:
+                raise FleetError(
+                    f"fleet {fleet!r} was started {'without' if internal else 'with'} --proxy; "
+                    f"run `llava-devserver sim down --name {fleet}` first"
+                )
             return network
     try:
         labels = {FLEET_LABEL: fleet}
-        return client.networks.create(name, driver="bridge", labels=labels, check_duplicate=True)
+        return client.networks.create(
+            name, driver="bridge", labels=labels, check_duplicate=True, internal=internal
+        )
     except docker.errors.APIError as exc:
         hint = ""
         if "address pool" in str(exc):  # Docker's default pools give about 30 bridge networks
@@ -311,6 +322,8 @@ def fleet_up(
     log_style: str = "hf",
     link_mbps: int | None = None,
     bastion: bool = False,
+    proxy: bool = False,
+    hub: bool = False,
 ) -> FleetResult:
     """Start (or reuse) fleet `fleet` with n_hosts servers and write its inventory to out_dir.
 
@@ -326,6 +339,13 @@ def fleet_up(
     registry: with the job, also start a local registry standing in for SWR on the fleet network, push the
     training image to it and write an inventory that pulls the image from there (instead of loading the
     archive), with the registry's credentials and its address among Docker's insecure registries.
+
+    proxy: the servers' only way out is a forwarding proxy (sim/proxy.py): the fleet network is internal,
+    the proxy joins it and an outside network (where the registry then runs), and the inventory sets
+    http_proxy/https_proxy. A fleet keeps what it was started with (`sim down` to change it).
+
+    hub: with the job, also start a stand-in Hugging Face hub (sim/hub.py; outside, with the proxy) and
+    write an inventory that downloads the vision tower from it (`hf_endpoint`, source `hub`).
 
     bastion: the servers refuse new connections from the control node and are reached through a jump host
     on the fleet network (sim/bastion.py), as in a VPC; the inventory says how. Without it a reused fleet's
@@ -380,7 +400,14 @@ def fleet_up(
     job_stand_ins = _prepare_job(client, out_dir, log) if job else None
     key = ensure_ssh_key(out_dir, fleet)
     public_key = key.with_suffix(".pub").read_bytes()
-    network = _ensure_network(client, fleet)
+    network = _ensure_network(client, fleet, internal=proxy)
+    outside, sim_proxy_up = network_name(fleet), None  # where the outside world's stand-ins run
+    if proxy:
+        try:
+            outside = sim_proxy.ensure_outside_network(client, network_name(fleet), {FLEET_LABEL: fleet})
+            sim_proxy_up = sim_proxy.ensure_proxy(client, network_name(fleet))
+        except (sim_proxy.ProxyError, docker.errors.APIError) as exc:
+            raise FleetError(f"the proxy of fleet {fleet!r} did not start: {exc}") from None
     jump, via, control_address = None, None, None
     if bastion:
         jump = sim_bastion.ensure_bastion(
@@ -447,9 +474,23 @@ def fleet_up(
         sim_bastion.remove_bastion(client, network_name(fleet))
 
     settings = sim_group_vars(n_hosts, npus, devices_per_host, job_stand_ins, DEFAULT_DRIVER, log_style)
+    if sim_proxy_up is not None:
+        settings |= sim_proxy.proxy_settings(sim_proxy_up)
+    if hub and job_stand_ins is not None:
+        try:
+            served = sim_hub.ensure_hub(
+                client,
+                network_name(fleet),
+                outside,
+                {sim_hub.VISION_REPO: job_stand_ins.assets["vision_tower"]},
+            )
+        except (sim_hub.HubError, docker.errors.APIError) as exc:
+            raise FleetError(f"the hub of fleet {fleet!r} did not start: {exc}") from None
+        settings |= sim_hub.hub_settings(served, settings["assets"])
+        log(f"sim: hub {served.url} serves {sim_hub.VISION_REPO} (the vision tower's source)")
     if registry and job_stand_ins is not None:
         mark = time.monotonic()
-        stand_in = ensure_registry(client, network_name(fleet))
+        stand_in = ensure_registry(client, outside)
         reference = push_image(client, stand_in, job_stand_ins.image_tag, job_stand_ins.image_tag)
         settings |= registry_settings(stand_in, reference)
         timings["registry"] = time.monotonic() - mark
@@ -465,6 +506,8 @@ def fleet_up(
         f"images {timings['images']:.1f} s, servers {timings['servers']:.1f} s, "
         f"total {timings['total']:.1f} s"
     )
+    if sim_proxy_up is not None:
+        log(f"sim: proxy {sim_proxy_up.url}: the servers' only way out (the fleet network is internal)")
     if jump is not None:
         log(
             f"sim: bastion {jump.name} at {jump.address}: the servers refuse the control node, "
@@ -530,9 +573,15 @@ def fleet_down(fleet: str | None = None, log: Log = print) -> list[str]:
     for volume in client.volumes.list(filters={"label": label}):
         volume.remove(force=True)
         removed.append(volume.name)
-    for network in client.networks.list(filters={"label": label}):
-        # a network with a container attached stays
-        removed += remove_registry(client, network.name) + sim_bastion.remove_bastion(client, network.name)
+    networks = client.networks.list(filters={"label": label})
+    for network in networks:  # first what is attached: a network with a container attached stays
+        removed += (
+            remove_registry(client, network.name)
+            + sim_bastion.remove_bastion(client, network.name)
+            + sim_proxy.remove_proxy(client, network.name)
+            + sim_hub.remove_hub(client, network.name)
+        )
+    for network in networks:
         network.remove()
         removed.append(network.name)
     log(f"sim: removed {len(removed)} objects" + (f" of fleet {fleet!r}" if fleet else " of every fleet"))

@@ -117,7 +117,14 @@ def llava_host_path(container_path: str, llava: Mapping[str, Any]) -> str:
 
 
 def llava_assets_python_files(_: Any = None) -> dict[str, str]:
-    from llava_devserver import as_owner, assets_archive, assets_manifest, assets_verify, fanout_receive
+    from llava_devserver import (
+        as_owner,
+        assets_archive,
+        assets_manifest,
+        assets_verify,
+        fanout_receive,
+        hub_fetch,
+    )
 
     return {
         assets_plan.OWNER_RECEIVER: str(as_owner.__file__),
@@ -125,6 +132,7 @@ def llava_assets_python_files(_: Any = None) -> dict[str, str]:
         "assets_manifest.py": str(assets_manifest.__file__),
         "assets_verify.py": str(assets_verify.__file__),
         assets_plan.FANOUT_RECEIVER: str(fanout_receive.__file__),
+        "hub_fetch.py": str(hub_fetch.__file__),
     }
 
 
