@@ -12,21 +12,15 @@ from typing import Any
 
 import jinja2
 import pytest
-import yaml
 
+from fleet_settings import llava_of
 from llava_devserver import job_guard, proxy, render
 from llava_devserver.config import FleetValidationError, validate_fleet
+from role_tasks import tasks_of, walk
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLE = ROOT / "roles/docker_engine"
 URL = "http://proxy.corp.example:3128"
-
-
-@pytest.fixture
-def package(tmp_path: Path) -> str:
-    path = tmp_path / "AscendCloud-6.3.906-20240618153000.zip"
-    path.write_bytes(b"PK")
-    return str(path)
 
 
 def fleet(package: str, **settings: Any) -> dict[str, dict[str, Any]]:
@@ -77,7 +71,7 @@ def test_settings_give_the_environment_in_both_spellings(package: str) -> None:
         "http_proxy": URL, "HTTP_PROXY": URL, "https_proxy": URL, "HTTPS_PROXY": URL,
         "no_proxy": "localhost", "NO_PROXY": "localhost",
     }  # fmt: skip
-    assert validate_fleet(fleet(package)).to_vars()["ds-0"]["proxy_env"] == {}
+    assert llava_of(package)["proxy_env"] == {}
     # the job gets it too (a hub id read at run time is downloaded by the job)
     env = render.job_environment(llava)
     assert env["https_proxy"] == URL and env["NO_PROXY"] == "localhost"
@@ -118,7 +112,7 @@ def test_a_proxy_change_waits_with_daemon_json_while_the_job_runs() -> None:
 
 
 def test_every_proxy_write_waits_for_the_job_and_restarts_dockerd() -> None:
-    tasks = yaml.safe_load((ROLE / "tasks/proxy.yml").read_text())
+    tasks = tasks_of("roles/docker_engine/tasks/proxy.yml")
     writes = [t for t in tasks if "notify" in t]
     assert len(writes) == 3
     for task in writes:
@@ -128,20 +122,11 @@ def test_every_proxy_write_waits_for_the_job_and_restarts_dockerd() -> None:
     package_tasks = [
         t
         for name in ("setup-Debian.yml", "setup-RedHat.yml")
-        for t in _walk(yaml.safe_load((ROLE / "tasks" / name).read_text()))
+        for t in walk(tasks_of(f"roles/docker_engine/tasks/{name}"))
         if "ansible.builtin.apt" in t or "ansible.builtin.dnf" in t
     ]
     assert len(package_tasks) == 3
     assert all(t.get("environment") == "{{ docker_engine_proxy_env }}" for t in package_tasks)
-
-
-def _walk(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for task in tasks:
-        out.append(task)
-        for key in ("block", "rescue", "always"):
-            out += _walk(task.get(key) or [])
-    return out
 
 
 def _start_script(tmp_path: Path, env_file: Path) -> Path:
@@ -161,55 +146,39 @@ def _start_script(tmp_path: Path, env_file: Path) -> Path:
     return script
 
 
-def test_the_detached_dockerd_starts_with_the_proxy_environment(tmp_path: Path) -> None:
+def _start_detached(tmp_path: Path, env_file: Path) -> list[str]:
+    """Run the start script with a stand-in dockerd that records its environment; that environment."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    seen = tmp_path / "dockerd.env"
-    # dockerd records its environment; `docker info` answers once it has
-    (bin_dir / "dockerd").write_text(
-        f"#!/bin/sh\necho $$ > {tmp_path}/fake.pid\nenv > {seen}\nexec sleep 30\n"
-    )
-    (bin_dir / "docker").write_text(f"#!/bin/sh\ntest -s {seen}\n")
-    (bin_dir / "pidof").write_text("#!/bin/sh\nexit 1\n")  # not this machine's own dockerd
-    for tool in ("dockerd", "docker", "pidof"):
+    seen, pid = tmp_path / "dockerd.env", tmp_path / "fake.pid"
+    fakes = {
+        "dockerd": f"echo $$ > {pid}\nenv > {seen}\nexec sleep 30",
+        "docker": f"test -s {seen}",  # `docker info` answers once the daemon has started
+        "pidof": "exit 1",  # not this machine's own dockerd
+    }
+    for tool, body in fakes.items():
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / tool).chmod(0o755)
-    env_file = tmp_path / "llava-proxy.env"
-    env_file.write_text(proxy.environment_file(proxy.proxy_environment({"https_proxy": URL})))
     script = _start_script(tmp_path, env_file)
-    path = f"{bin_dir}:{os.environ['PATH']}"
-    try:
-        done = subprocess.run(
-            [str(script), "start"], capture_output=True, text=True, env={"PATH": path}, timeout=30
-        )
-        assert done.returncode == 0 and done.stdout.strip() == "started", done
-        lines = seen.read_text().splitlines()
-        assert f"HTTPS_PROXY={URL}" in lines and f"https_proxy={URL}" in lines
-    finally:
-        pid = tmp_path / "fake.pid"
-        if pid.exists():
-            subprocess.run(["kill", pid.read_text().strip()], check=False)
-
-
-def test_the_detached_dockerd_starts_without_a_proxy_file(tmp_path: Path) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    seen = tmp_path / "dockerd.env"
-    (bin_dir / "dockerd").write_text(
-        f"#!/bin/sh\necho $$ > {tmp_path}/fake.pid\nenv > {seen}\nexec sleep 30\n"
-    )
-    (bin_dir / "docker").write_text(f"#!/bin/sh\ntest -s {seen}\n")
-    (bin_dir / "pidof").write_text("#!/bin/sh\nexit 1\n")  # not this machine's own dockerd
-    for tool in ("dockerd", "docker", "pidof"):
-        (bin_dir / tool).chmod(0o755)
-    script = _start_script(tmp_path, tmp_path / "missing.env")
     try:
         done = subprocess.run(
             [str(script), "start"], capture_output=True, text=True,
             env={"PATH": f"{bin_dir}:{os.environ['PATH']}"}, timeout=30,
         )  # fmt: skip
         assert done.returncode == 0 and done.stdout.strip() == "started", done
-        assert "PROXY" not in seen.read_text().upper().replace("NO_PROXY", "")
+        return seen.read_text().splitlines()
     finally:
-        pid = tmp_path / "fake.pid"
         if pid.exists():
             subprocess.run(["kill", pid.read_text().strip()], check=False)
+
+
+def test_the_detached_dockerd_starts_with_the_proxy_environment(tmp_path: Path) -> None:
+    env_file = tmp_path / "llava-proxy.env"
+    env_file.write_text(proxy.environment_file(proxy.proxy_environment({"https_proxy": URL})))
+    lines = _start_detached(tmp_path, env_file)
+    assert f"HTTPS_PROXY={URL}" in lines and f"https_proxy={URL}" in lines
+
+
+def test_the_detached_dockerd_starts_without_a_proxy_file(tmp_path: Path) -> None:
+    lines = _start_detached(tmp_path, tmp_path / "missing.env")
+    assert not [line for line in lines if "proxy" in line.lower()]

@@ -20,22 +20,10 @@ import yaml
 from llava_devserver import assets_manifest as am
 from llava_devserver import assets_plan as ap
 from role_plugins import load_role_filter
+from role_tasks import tasks_of, walk
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "hf_TheSecretToken1234567890"
-
-
-def _tasks(path: str) -> list[dict[str, Any]]:
-    return yaml.safe_load((REPO / path).read_text())
-
-
-def _walk(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for task in tasks:
-        out.append(task)
-        for key in ("block", "rescue", "always"):
-            out += _walk(task.get(key) or [])
-    return out
 
 
 # --- hub token ---------------------------------------------------------------------------------------------
@@ -78,7 +66,7 @@ def test_without_a_token_none_is_passed(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 def test_hub_task_sends_the_token_on_stdin_only() -> None:
     hub = next(
-        t for t in _tasks("roles/llava_assets/tasks/local.yml") if t["name"].startswith("Download the hub")
+        t for t in tasks_of("roles/llava_assets/tasks/local.yml") if t["name"].startswith("Download the hub")
     )
     command = hub["ansible.builtin.command"]
     assert "hf_token" in command["stdin"] and hub["no_log"] is True
@@ -92,9 +80,9 @@ def test_hub_task_sends_the_token_on_stdin_only() -> None:
 
 
 def test_registry_login_goes_to_a_temporary_docker_config_removed_in_always() -> None:
-    tasks = _tasks("roles/training_container/tasks/image-pull.yml")
+    tasks = tasks_of("roles/training_container/tasks/image-pull.yml")
     pull_block = next(t for t in tasks if "always" in t)
-    inner = _walk(pull_block["block"])
+    inner = walk(pull_block["block"])
     login = next(t for t in inner if "community.docker.docker_login" in t)
     assert (
         login["community.docker.docker_login"]["config_path"]
@@ -113,13 +101,13 @@ def test_registry_login_goes_to_a_temporary_docker_config_removed_in_always() ->
     # nothing logs in or out of the default /root/.docker/config.json any more
     assert all(
         "config_path" in t["community.docker.docker_login"]
-        for t in _walk(tasks)
+        for t in walk(tasks)
         if "community.docker.docker_login" in t
     )
     defaults = yaml.safe_load((REPO / "roles/training_container/defaults/main.yml").read_text())
     assert defaults["training_container_docker_config_root"].startswith("/run/")
     # leftovers of interrupted runs are removed before the next login
-    stale = _walk([tasks[0]])
+    stale = walk([tasks[0]])
     assert any("ansible.builtin.find" in t for t in stale) and any("ansible.builtin.file" in t for t in stale)
 
 
@@ -167,10 +155,10 @@ def test_full_inspect_is_reduced_to_the_fields_the_check_uses() -> None:
 def _inspect_format() -> str:
     from llava_devserver.npu_devices import HOLDERS_FORMAT
 
-    npu_probe = next(t for t in _tasks("roles/npu_check/tasks/main.yml") if "probe.sh.j2" in str(t))
+    npu_probe = next(t for t in tasks_of("roles/npu_check/tasks/main.yml") if "probe.sh.j2" in str(t))
     container_probe = next(
         t
-        for t in _tasks("roles/training_container/tasks/checks.yml")
+        for t in tasks_of("roles/training_container/tasks/checks.yml")
         if "ansible.builtin.shell" in t and "inspect" in t["ansible.builtin.shell"]
     )
     for task, script, variable in (
@@ -183,7 +171,7 @@ def _inspect_format() -> str:
             variable
         )
         assert "environment" not in task, variable
-    checks = next(t for t in _tasks("roles/training_container/tasks/checks.yml") if "vars" in t)
+    checks = next(t for t in tasks_of("roles/training_container/tasks/checks.yml") if "vars" in t)
     assert checks["vars"]["training_container_holders_format"] == "{{ None | llava_docker_holders_format }}"
     npu_vars = yaml.safe_load((REPO / "roles/npu_check/vars/main.yml").read_text())
     assert npu_vars["npu_check_inspect_format"] == "{{ None | llava_docker_holders_format }}"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from llava_devserver import cli
-from llava_devserver.sim import fleet, image, registry, training_image
+from llava_devserver.sim import fleet, image, proxy, registry, training_image
 
 
 @pytest.fixture
@@ -21,6 +21,7 @@ def built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(
         image, "ensure_docker_server_image", lambda _c, profile: calls.append(f"docker-{profile}") or "d"
     )
+    monkeypatch.setattr(proxy, "ensure_proxy_image", lambda _c: calls.append("proxy") or "p")
     monkeypatch.setattr(registry, "ensure_registry_image", lambda _c: calls.append("registry") or "r")
 
     def training(_client: Any) -> training_image.TrainingImage:
@@ -35,6 +36,7 @@ def test_every_profile_then_the_job_images(built: list[str], capsys: pytest.Capt
     assert cli.main(["sim", "images"]) == 0
     profiles = sorted(image.PROFILES)
     assert built == [f"{kind}-{p}" for p in profiles for kind in ("server", "docker")] + [
+        "proxy",
         "registry",
         "training",
     ]
@@ -43,7 +45,7 @@ def test_every_profile_then_the_job_images(built: list[str], capsys: pytest.Capt
 
 def test_one_profile_without_the_job(built: list[str]) -> None:
     assert cli.main(["sim", "images", "--os", "hce2", "--no-job"]) == 0
-    assert built == ["server-hce2", "docker-hce2"]
+    assert built == ["server-hce2", "docker-hce2", "proxy"]  # the proxy serves --no-job fleets too
 
 
 def test_a_failed_build_is_named_and_stops(

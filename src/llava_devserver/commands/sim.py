@@ -128,8 +128,8 @@ def register(subparsers: Any) -> None:
         "images",
         help="build (or find cached) every image the simulated fleets use",
         description="Build once, ahead of time, the images `sim up` would build on first use: the server "
-        "image of each OS profile and its Docker-preinstalled variant, the stand-in registry and the "
-        "training image. Cached by recipe: a second run only looks them up.",
+        "image of each OS profile and its Docker-preinstalled variant, the proxy of --proxy, the stand-in "
+        "registry and the training image. Cached by recipe: a second run only looks them up.",
     )
     images.add_argument(
         "--os",

@@ -17,6 +17,7 @@ import docker
 from docker.models.containers import Container
 
 from llava_devserver.sim import image as sim_image
+from llava_devserver.sim import sidecar
 from llava_devserver.sim.faults import put_file
 from llava_devserver.sim.server_setting import apply_setting
 
@@ -43,11 +44,8 @@ def bastion_name(network: str) -> str:
 
 def ensure_bastion(client: docker.DockerClient, network: str, image: str, public_key: bytes) -> SimBastion:
     """Start (or reuse) the bastion of the fleet network `network`, taking `public_key` for root."""
-    found = client.containers.list(all=True, filters={"label": f"{BASTION_LABEL}={network}"})
-    container: Container = (
-        found[0]
-        if found
-        else client.containers.create(
+    container: Container = sidecar.find(client, BASTION_LABEL, network) or (
+        client.containers.create(
             image,
             name=bastion_name(network),
             hostname="bastion",
@@ -61,20 +59,15 @@ def ensure_bastion(client: docker.DockerClient, network: str, image: str, public
     put_file(container, "/root/.ssh/authorized_keys", public_key, mode=0o600)
     if container.status != "running":
         container.start()
-    container.reload()
-    address = container.attrs["NetworkSettings"]["Networks"].get(network, {}).get("IPAddress", "")
+    address = sidecar.address(container, network)
     if not address:
         raise BastionError(f"{container.name}: no address on network {network}")
-    return SimBastion(str(container.name), str(address))
+    return SimBastion(str(container.name), address)
 
 
 def remove_bastion(client: docker.DockerClient, network: str) -> list[str]:
     """Remove the bastion of `network`; the names of what went."""
-    removed = []
-    for container in client.containers.list(all=True, filters={"label": f"{BASTION_LABEL}={network}"}):
-        container.remove(force=True, v=True)
-        removed.append(str(container.name))
-    return removed
+    return sidecar.remove(client, BASTION_LABEL, network)
 
 
 def put_behind(container: Container, control_address: str | None) -> None:

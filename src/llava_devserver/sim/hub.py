@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker
-from docker.models.containers import Container
 
-from llava_devserver.sim import hub_server
+from llava_devserver.sim import hub_server, sidecar
 from llava_devserver.sim.image import ensure_base_image
 
 HUB_LABEL = "llava-devserver.sim.hub"
@@ -60,10 +59,8 @@ def _archive(repos: dict[str, Path]) -> bytes:
 def ensure_hub(client: docker.DockerClient, network: str, serve_on: str, repos: dict[str, Path]) -> SimHub:
     """Start (or reuse) the hub of fleet network `network` on network `serve_on`, serving `repos`
     (repo id -> folder)."""
-    found = client.containers.list(all=True, filters={"label": f"{HUB_LABEL}={network}"})
-    container: Container
-    if found:
-        container = found[0]
+    container = sidecar.find(client, HUB_LABEL, network)
+    if container is not None:
         if container.status != "running":
             container.start()
     else:
@@ -79,28 +76,23 @@ def ensure_hub(client: docker.DockerClient, network: str, serve_on: str, repos: 
         if not container.put_archive("/", _archive(repos)):
             raise HubError(f"{container.name}: the repositories could not be copied in")
         container.start()
-    container.reload()
-    address = container.attrs["NetworkSettings"]["Networks"].get(serve_on, {}).get("IPAddress", "")
+    address = sidecar.address(container, serve_on)
     if not address:
         raise HubError(f"{container.name}: no address on {serve_on}")
-    return SimHub(str(container.name), str(address))
+    return SimHub(str(container.name), address)
 
 
 def requests(client: docker.DockerClient, network: str) -> list[str]:
     """What the hub of `network` served, in order (`GET /api/models/... 200`)."""
-    found = client.containers.list(all=True, filters={"label": f"{HUB_LABEL}={network}"})
-    if not found:
+    container = sidecar.find(client, HUB_LABEL, network)
+    if container is None:
         raise HubError(f"no hub serves {network}")
-    lines = found[0].logs(stdout=False, stderr=True).decode(errors="replace").splitlines()
+    lines = container.logs(stdout=False, stderr=True).decode(errors="replace").splitlines()
     return [line for line in lines if line.split(" ", 1)[0] in ("GET", "HEAD")]
 
 
 def remove_hub(client: docker.DockerClient, network: str) -> list[str]:
-    removed = []
-    for container in client.containers.list(all=True, filters={"label": f"{HUB_LABEL}={network}"}):
-        container.remove(force=True, v=True)
-        removed.append(str(container.name))
-    return removed
+    return sidecar.remove(client, HUB_LABEL, network)
 
 
 def hub_settings(hub: SimHub, assets: dict[str, object]) -> dict[str, object]:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import docker
 import docker.errors
-from docker.models.containers import Container
 
+from llava_devserver.sim import sidecar
 from llava_devserver.sim.image import LABEL, ensure_base_image
 from llava_devserver.sim.image_cache import ImageBuildError, ensure_image
 
@@ -106,10 +106,8 @@ def ensure_outside_network(client: docker.DockerClient, network: str, labels: di
 def ensure_proxy(client: docker.DockerClient, network: str) -> SimProxy:
     """Start (or reuse) the proxy between fleet network `network` and its outside network."""
     outside = outside_network_name(network)
-    found = client.containers.list(all=True, filters={"label": f"{PROXY_LABEL}={network}"})
-    container: Container
-    if found:
-        container = found[0]
+    container = sidecar.find(client, PROXY_LABEL, network)
+    if container is not None:
         if container.status != "running":
             container.start()
     else:
@@ -123,32 +121,26 @@ def ensure_proxy(client: docker.DockerClient, network: str) -> SimProxy:
         )
         client.networks.get(network).connect(container)
         container.start()
-    container.reload()
-    networks = container.attrs["NetworkSettings"]["Networks"]
-    address = networks.get(network, {}).get("IPAddress", "")
-    if not address or outside not in networks:
+    address = sidecar.address(container, network)
+    if not address or not sidecar.address(container, outside):
         raise ProxyError(f"{container.name}: not attached to both {network} and {outside}")
-    return SimProxy(str(container.name), str(address))
+    return SimProxy(str(container.name), address)
 
 
 def requests(client: docker.DockerClient, network: str) -> list[str]:
     """The requests the proxy of `network` forwarded, in order (`GET http://...`, `CONNECT host:443`)."""
-    found = client.containers.list(filters={"label": f"{PROXY_LABEL}={network}"})
-    if not found:
-        raise ProxyError(f"no proxy runs on {network}")
-    code, output = found[0].exec_run(["cat", LOG])
+    container = sidecar.find(client, PROXY_LABEL, network)
+    if container is None:
+        raise ProxyError(f"no proxy serves {network}")
+    code, output = container.exec_run(["cat", LOG])
     if code != 0:
-        raise ProxyError(f"{found[0].name}: cannot read {LOG}: {output.decode(errors='replace').strip()}")
+        raise ProxyError(f"{container.name}: cannot read {LOG}: {output.decode(errors='replace').strip()}")
     return [m.group("request") for m in _REQUEST.finditer(output.decode(errors="replace"))]
 
 
 def remove_proxy(client: docker.DockerClient, network: str) -> list[str]:
     """Remove the proxy of `network`; the names of what went."""
-    removed = []
-    for container in client.containers.list(all=True, filters={"label": f"{PROXY_LABEL}={network}"}):
-        container.remove(force=True, v=True)
-        removed.append(str(container.name))
-    return removed
+    return sidecar.remove(client, PROXY_LABEL, network)
 
 
 def proxy_settings(proxy: SimProxy) -> dict[str, str]:

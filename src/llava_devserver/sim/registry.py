@@ -15,10 +15,7 @@ the fleet's network goes (`sim down` cannot remove a network with a container at
 
 from __future__ import annotations
 
-import hashlib
-import io
 import secrets
-import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -28,9 +25,10 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
+from llava_devserver.sim import sidecar
 from llava_devserver.sim.image import LABEL, ensure_base_image
+from llava_devserver.sim.image_cache import ImageBuildError, ensure_image
 
-REGISTRY_SCRIPT_VERSION = "1"
 REPOSITORY = "llava-devserver/sim-registry"
 REGISTRY_LABEL = "llava-devserver.sim.registry"
 PORT = 5000
@@ -101,46 +99,19 @@ def _dockerfile(base: str) -> str:
 
 def ensure_registry_image(client: docker.DockerClient) -> str:
     """The registry image's tag, built once per recipe (apt install of docker-registry on the sim base)."""
-    base = ensure_base_image(client)
-    dockerfile = _dockerfile(base)
-    files = {"Dockerfile": dockerfile, "config.yml": CONFIG, "entrypoint": ENTRYPOINT}
-    digest = hashlib.sha256(
-        "\0".join([REGISTRY_SCRIPT_VERSION, *(f"{k}={v}" for k, v in sorted(files.items()))]).encode()
-    ).hexdigest()[:12]
-    tag = f"{REPOSITORY}:{digest}"
+    files = {"config.yml": CONFIG.encode(), "entrypoint": ENTRYPOINT.encode()}
     try:
-        client.images.get(tag)
-        return tag
-    except docker.errors.ImageNotFound:
-        pass
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o755
-            tar.addfile(info, io.BytesIO(data))
-    buffer.seek(0)
-    try:
-        client.images.build(fileobj=buffer, custom_context=True, tag=tag, rm=True, forcerm=True, pull=False)
-    except docker.errors.BuildError as exc:
-        log = "".join(str(chunk.get("stream", chunk.get("error", ""))) for chunk in exc.build_log)
-        raise RegistryError(f"building {tag} failed: {exc}\n{log[-3000:]}") from exc
-    return tag
+        return ensure_image(client, REPOSITORY, _dockerfile(ensure_base_image(client)), files)
+    except ImageBuildError as exc:
+        raise RegistryError(str(exc)) from exc
 
 
 def registry_name(network: str) -> str:
     return f"{network}-registry"
 
 
-def _find(client: docker.DockerClient, network: str) -> Container | None:
-    found = client.containers.list(all=True, filters={"label": f"{REGISTRY_LABEL}={network}"})
-    return found[0] if found else None
-
-
 def _describe(container: Container, network: str) -> SimRegistry:
-    container.reload()
-    address = container.attrs["NetworkSettings"]["Networks"].get(network, {}).get("IPAddress", "")
+    address = sidecar.address(container, network)
     ports = container.attrs["NetworkSettings"]["Ports"].get(f"{PORT}/tcp") or []
     if not address or not ports:
         raise RegistryError(f"{container.name}: no address on {network} or no published port")
@@ -176,7 +147,7 @@ def _wait_ready(registry: SimRegistry) -> None:
 
 def ensure_registry(client: docker.DockerClient, network: str) -> SimRegistry:
     """Start (or reuse) the stand-in registry on `network`; return where servers and this machine reach it."""
-    container = _find(client, network)
+    container = sidecar.find(client, REGISTRY_LABEL, network)
     if container is None:
         image = ensure_registry_image(client)
         container = client.containers.run(
@@ -212,11 +183,7 @@ def push_image(client: docker.DockerClient, registry: SimRegistry, image: str, r
 
 def remove_registry(client: docker.DockerClient, network: str) -> list[str]:
     """Remove the registry of `network` (and its stored images); the names of what went."""
-    removed = []
-    for container in client.containers.list(all=True, filters={"label": f"{REGISTRY_LABEL}={network}"}):
-        container.remove(force=True, v=True)
-        removed.append(str(container.name))
-    return removed
+    return sidecar.remove(client, REGISTRY_LABEL, network)
 
 
 def registry_settings(registry: SimRegistry, image_reference: str) -> dict[str, object]:
