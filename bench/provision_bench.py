@@ -9,6 +9,17 @@ For each fleet size N (default 1, 2, 4, 8), on fresh simulated servers (`llava-d
   fresh servers;
 - baseline, re-run: the same commands again (Docker is there now, so no install).
 
+With `--noop-only` the benchmark is the whole `site.yml` instead: for each N, fresh servers with the job
+(`sim up` with the stand-in package, assets and training image), one converge that runs the job to its end
+(not timed), then the no-op rerun over the healthy fleet with the finished job, timed: wall seconds, control
+node CPU seconds (in all and per server), what changed, and whether the accelerator check ran (it must not:
+the job has finished). `--json` prints one JSON object per size: `{"servers": N, "noop_wall_s": ...,
+"noop_control_cpu_s": ..., "noop_control_cpu_s_per_server": ..., "changed": ..., "accel_check_ran": false}`.
+Raw results: .cache/bench/provision-noop.json; the table goes into docs/benchmarks.md beside the other.
+
+    python bench/provision_bench.py [--sizes 1,2,4,8] [--no-baseline] [--keep]
+    python bench/provision_bench.py --noop-only [--sizes 1 2] [--json]
+
 Where the time goes is measured, not guessed: per run the control node's CPU seconds (this process and its
 children: ansible-playbook, ssh), the simulated servers' CPU seconds (cgroup v1 cpuacct of their
 containers), the load average, and for Ansible the slowest tasks (ansible.posix.profile_tasks).
@@ -41,6 +52,9 @@ from llava_devserver.runner import find_project_root, run_playbook
 ROOT = find_project_root()
 CLI = str(Path(sys.executable).parent / "llava-devserver")
 RESULTS = ROOT / ".cache" / "bench" / "provision.json"
+NOOP_RESULTS = ROOT / ".cache" / "bench" / "provision-noop.json"
+# The accel_check task that starts processes on the accelerators: it ran when it has an ok or failed event.
+ACCEL_RUN_TASK = "Run the check with torchrun on every server at once"
 DOC = ROOT / "docs" / "benchmarks.md"
 FLEET_PREFIX = "fleetbench"
 SIM_DEVICES_PER_HOST = 2  # `sim up` default: cards given to the training container
@@ -113,17 +127,19 @@ def measure(fleet: str, action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ the fleet
 
 
-def sim_up(fleet: str, hosts: int, out_dir: Path) -> Path:
+def sim_up(fleet: str, hosts: int, out_dir: Path, job: bool = False) -> Path:
     subprocess.run([CLI, "sim", "down", "--name", fleet], check=True, capture_output=True)
     started = time.monotonic()
     subprocess.run(
-        [CLI, "sim", "up", "--hosts", str(hosts), "--name", fleet, "-o", str(out_dir), "--no-job"],
+        [CLI, "sim", "up", "--hosts", str(hosts), "--name", fleet, "-o", str(out_dir)]
+        + ([] if job else ["--no-job"]),
         check=True,
         capture_output=True,
     )
     log(f"{fleet}: {hosts} fresh servers in {time.monotonic() - started:.0f} s")
-    package = out_dir / "AscendCloud-6.3.906-20240101000000.zip"  # --no-job: a stand-in file to validate
-    package.write_bytes(b"PK\x05\x06" + bytes(18))
+    if not job:
+        package = out_dir / "AscendCloud-6.3.906-20240101000000.zip"  # --no-job: a stand-in file to validate
+        package.write_bytes(b"PK\x05\x06" + bytes(18))
     return out_dir / "devserver.ini"
 
 
@@ -183,6 +199,81 @@ def baseline_run(inventory: Path) -> dict[str, Any]:
             ok = False
             log(f"baseline {host}: exit {done.returncode}: {done.stderr.strip()[-300:]}")
     return {"ok": ok, "per_host_s": per_host}
+
+
+def site_run(inventory: Path, run_dir: Path) -> dict[str, Any]:
+    """The whole site.yml, as `llava-devserver up` runs it; whether the accelerator check started."""
+    accel_hosts: set[str] = set()
+
+    def on_event(event: dict[str, Any]) -> None:
+        data = event.get("event_data") or {}
+        if event.get("event") in ("runner_on_ok", "runner_on_failed") and data.get("task") == ACCEL_RUN_TASK:
+            accel_hosts.add(str(data.get("host")))
+
+    result = run_playbook(ROOT / "site.yml", inventory, run_dir=run_dir, on_event=on_event)
+    return {
+        "ok": result.exit_code == 0,
+        "changed": sum(s.changed for s in result.stats.values()),
+        "failures": {h: m[:1] for h, m in result.failures.items()},
+        "accel_check_ran": bool(accel_hosts),
+        "slowest": slowest_tasks(result.log_path),
+    }
+
+
+def bench_noop(size: int, work: Path) -> dict[str, Any]:
+    """Fresh servers with the job, one converge (the job runs to its end), then the timed no-op rerun."""
+    fleet = f"{FLEET_PREFIX}-noop-{size}"
+    try:
+        inventory = sim_up(fleet, size, work / fleet, job=True)
+        log(f"{size} servers: converge (the job runs to its end; not timed) ...")
+        converge = site_run(inventory, NOOP_RESULTS.parent / "runs" / f"noop-{size}-converge")
+        if not converge["ok"]:
+            return {"servers": size, "ok": False, "failures": converge["failures"]}
+        log(f"{size} servers: no-op rerun ...")
+        noop = measure(fleet, lambda: site_run(inventory, NOOP_RESULTS.parent / "runs" / f"noop-{size}"))
+    finally:
+        sim_down(fleet)
+    return {
+        "servers": size,
+        "measured_at": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "ok": noop["ok"],
+        "noop_wall_s": noop["wall_s"],
+        "noop_control_cpu_s": noop["control_cpu_s"],
+        "noop_control_cpu_s_per_server": round(noop["control_cpu_s"] / size, 1),
+        "noop_server_cpu_s": noop["server_cpu_s"],
+        "changed": noop["changed"],
+        "accel_check_ran": noop["accel_check_ran"],
+        "load_before": noop["load_before"],
+        "slowest": noop["slowest"],
+    }
+
+
+def render_noop(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "## The whole site.yml, no-op rerun (`--noop-only`)",
+        "",
+        "A healthy fleet whose job has finished: the rerun must change nothing and run no accelerator check.",
+        "",
+        "| servers | measured | wall s | control CPU s | control CPU s / server | servers CPU s | changed "
+        "| accel check ran | load before |",
+        "|---:|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in sorted(rows, key=lambda r: int(r["servers"])):
+        if not r.get("ok"):
+            lines.append(f"| {r['servers']} | failed: {r.get('failures')} | | | | | | | |")
+            continue
+        server = "-" if r.get("noop_server_cpu_s") is None else f"{r['noop_server_cpu_s']:.0f}"
+        lines.append(
+            f"| {r['servers']} | {r['measured_at']} | {r['noop_wall_s']:.0f} | {r['noop_control_cpu_s']:.0f} "
+            f"| {r['noop_control_cpu_s_per_server']:.1f} | {server} | {r['changed']} "
+            f"| {'yes' if r['accel_check_ran'] else 'no'} | {r['load_before']} |"
+        )
+    lines += ["", "Slowest tasks of each rerun (profile_tasks):", ""]
+    for r in sorted(rows, key=lambda r: int(r["servers"])):
+        if r.get("slowest"):
+            tasks = "; ".join(f"{task} {secs:.1f} s" for task, secs in r["slowest"])
+            lines.append(f"- {_servers(str(r['servers']))}: {tasks}")
+    return "\n".join(lines) + "\n"
 
 
 # -------------------------------------------------------------------------------------------- report
@@ -306,8 +397,28 @@ def render_doc(results: dict[str, Any]) -> str:
 
 def write_doc(results: dict[str, Any]) -> str:
     text = render_doc(results)
+    if NOOP_RESULTS.is_file():
+        text += "\n" + render_noop(json.loads(NOOP_RESULTS.read_text())["rows"])
     DOC.write_text(text)
     return text
+
+
+def main_noop(sizes: list[int], as_json: bool) -> int:
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="fleetbench-") as tmp:
+        for size in sizes:
+            row = bench_noop(size, Path(tmp))
+            rows.append(row)
+            if as_json:
+                keys = ("servers", "noop_wall_s", "noop_control_cpu_s", "noop_control_cpu_s_per_server",
+                        "changed", "accel_check_ran", "ok")  # fmt: skip
+                print(json.dumps({k: row.get(k) for k in keys}), flush=True)
+            NOOP_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            NOOP_RESULTS.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    text = write_doc(load_results())
+    if not as_json:
+        print(text)
+    return 0 if all(r.get("ok") and not r.get("accel_check_ran") for r in rows) else 1
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -353,7 +464,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", default="1,2,4,8", help="fleet sizes, comma list (default 1,2,4,8)")
+    parser.add_argument(
+        "--sizes", nargs="+", default=["1,2,4,8"], help="fleet sizes: `1,2,4,8` or `1 2 4 8` (default)"
+    )
+    parser.add_argument("--noop-only", action="store_true", help="the whole site.yml's no-op rerun only")
+    parser.add_argument("--json", action="store_true", help="with --noop-only: a JSON object per size")
     parser.add_argument("--no-baseline", action="store_true", help="skip the sequential SSH baseline")
     parser.add_argument("--keep", action="store_true", help="keep earlier sizes' results in the table")
     parser.add_argument("--render-only", action="store_true", help="rewrite the doc from saved results")
@@ -362,7 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.render_only:
         print(write_doc(results))
         return 0
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    sizes = [int(s) for text in args.sizes for s in text.split(",") if s.strip()]
+    if args.noop_only:
+        return main_noop(sizes, args.json)
     with tempfile.TemporaryDirectory(prefix="fleetbench-") as tmp:
         work = Path(tmp)
         playbook, names = host_level_playbook(work)

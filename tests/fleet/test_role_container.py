@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -39,6 +40,7 @@ import harness
 from cmdline_sampler import CmdlineSampler
 from llava_devserver.npu_smi import NpuSmiInfo, parse_npu_smi
 from llava_devserver.sim import fleet as sim_fleet
+from llava_devserver.sim import image as sim_image
 
 pytestmark = pytest.mark.fleet
 
@@ -183,13 +185,14 @@ def test_the_servers_go_out_only_through_the_proxy(fleet: Fleet) -> None:
     registry_host, registry_port = fleet.registry_address.rsplit(":", 1)
     for host in ("devserver-1", "devserver-2"):
         assert _reach(fleet, host, registry_host, int(registry_port)) != "CONNECTED", host
-        assert _reach(fleet, host, "deb.debian.org", 80) != "CONNECTED", host
+        assert _reach(fleet, host, urlsplit(sim_image.MIRROR).hostname or "", 80) != "CONNECTED", host
         # dockerd runs with the proxy (the preinstalled one of devserver-1 was restarted with it)
         info = fleet.sh(host, "docker info --format '{{.HTTPProxy}} {{.HTTPSProxy}} {{.NoProxy}}'")
         assert info.stdout.split() == [proxy_url, proxy_url, "localhost,127.0.0.1"], (host, info)
     # devserver-2 installed docker.io from the Debian mirror, which it reached only through the proxy
     requests = fleet.proxy_requests()
-    assert any(r.startswith("GET http://deb.debian.org/") and "docker.io" in r for r in requests), requests
+    mirror = f"GET {sim_image.MIRROR}/pool/"
+    assert any(r.startswith(mirror) and "/docker.io_" in r for r in requests), requests
 
 
 def test_archive_path_and_npu_held_by_another_container(fleet: Fleet) -> None:
