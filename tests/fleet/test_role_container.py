@@ -5,10 +5,10 @@ One fleet for the module (2 cores): devserver-1 starts with Docker preinstalled,
 servers' only way out is a forwarding proxy (sim/proxy.py), and a local registry (sim/registry.py) stands in
 for SWR outside it. The tests run in file order, each building on the state the previous one left:
 
-0. (fixture) validate + host, with the registry among Docker's insecure registries: devserver-2 installs
-   Docker from the Debian mirror through the proxy.
+0. (fixture) validate + host, with the registry among Docker's insecure registries: both servers install the
+   Docker SDK for Python from the Debian mirror through the proxy.
 1. Neither the mirror nor the registry is reachable from a server but through the proxy; both dockerds run
-   with the proxy's environment; the proxy's log shows devserver-2's apt downloads.
+   with the proxy's environment; the proxy's log shows the servers' apt downloads.
 2. validate + container: devserver-1 gets its container from the image archive; devserver-2 is refused
    (NPU 0 held) and has no container.
 3. NPU freed but /usr/local/dcmi removed on devserver-2: refused again, no container; devserver-1 changed=0.
@@ -189,10 +189,12 @@ def test_the_servers_go_out_only_through_the_proxy(fleet: Fleet) -> None:
         # dockerd runs with the proxy (the preinstalled one of devserver-1 was restarted with it)
         info = fleet.sh(host, "docker info --format '{{.HTTPProxy}} {{.HTTPSProxy}} {{.NoProxy}}'")
         assert info.stdout.split() == [proxy_url, proxy_url, "localhost,127.0.0.1"], (host, info)
-    # devserver-2 installed docker.io from the Debian mirror, which it reached only through the proxy
+    # both installed the Docker SDK for Python from the Debian mirror (their engines came with the image),
+    # which they reached only through the proxy
     requests = fleet.proxy_requests()
-    mirror = f"GET {sim_image.MIRROR}/pool/"
-    assert any(r.startswith(mirror) and "/docker.io_" in r for r in requests), requests
+    mirrors = tuple(f"GET {url}/pool/" for url in (sim_image.MIRROR, sim_image.SECURITY_MIRROR))
+    sdk = [r for r in requests if r.startswith(mirrors) and "/python3-docker_" in r]
+    assert len(sdk) == 2, "\n".join(requests)
 
 
 def test_archive_path_and_npu_held_by_another_container(fleet: Fleet) -> None:

@@ -13,6 +13,7 @@ sim base image and cached by recipe. It logs every request, so a test can read w
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass
 
@@ -77,6 +78,8 @@ def _dockerfile(base: str) -> str:
             " --no-install-recommends tinyproxy >/dev/null"
             " && apt-get clean && rm -rf /var/lib/apt/lists/*",
             "COPY tinyproxy.conf /etc/tinyproxy/sim.conf",
+            # tinyproxy opens its log after dropping to its user
+            f"RUN install -d -o tinyproxy -g tinyproxy {posixpath.dirname(LOG)}",
             f"LABEL {LABEL}=proxy",
             f"EXPOSE {PORT}",
             # -d: in the foreground, as the container's process
