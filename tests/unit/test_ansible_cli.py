@@ -229,7 +229,7 @@ def test_default_inventory_is_ansible_cfgs(capsys: pytest.CaptureFixture[str]) -
 # Leaf commands that print data, and those that print none (a stream, progress, or nothing): a new command
 # must be put in one of the two.
 DATA_COMMANDS = {
-    "validate", "schema", "render", "npu-smi parse", "loss", "sim status",
+    "validate", "schema", "render", "npu-smi parse", "loss", "sim status", "sim requests",
     "up", "plan", "status", "down", "report", "hccn parse",
 }  # fmt: skip
 NO_DATA_COMMANDS = {"logs", "sim up", "sim fault", "sim images", "sim down"}
@@ -333,6 +333,7 @@ def test_bash_completion(tmp_path: Path) -> None:
     assert _complete(script, "llava-devserver", "sim", "") == [
         "up",
         "status",
+        "requests",
         "fault",
         "images",
         "down",
