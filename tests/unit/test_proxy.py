@@ -129,6 +129,13 @@ def test_every_proxy_write_waits_for_the_job_and_restarts_dockerd() -> None:
     assert all(t.get("environment") == "{{ docker_engine_proxy_env }}" for t in package_tasks)
 
 
+def test_build_sh_and_the_hub_download_get_the_proxy() -> None:
+    build = next(t for t in tasks_of("roles/llava_workspace/tasks/build.yml") if "build.sh" in t["name"])
+    assert build["community.docker.docker_container_exec"]["env"] == "{{ llava.proxy_env }}"
+    hub = next(t for t in tasks_of("roles/llava_assets/tasks/local.yml") if t["name"].startswith("Download"))
+    assert "combine(llava.proxy_env)" in hub["environment"]
+
+
 def _start_script(tmp_path: Path, env_file: Path) -> Path:
     template = (ROLE / "templates/usr/local/sbin/llava-dockerd.j2").read_text()
     environment = jinja2.Environment(undefined=jinja2.StrictUndefined)
