@@ -497,7 +497,9 @@ def transfers(
             detail = str(item.get("stderr") or item.get("msg") or text or "").strip().splitlines()
             error = " | ".join(detail[-5:]) or f"exit {item.get('rc')}"
         where = f"seed:{(seeds_ or {}).get(name, '?')}" if via == "seed" else via
-        out[name] = {"via": where, "bytes": parse_rsync_bytes(str(text)), "ok": ok, "error": error}
+        # rsync's statistics; a hub download's helper says what it wrote (hub_fetch; huggingface_hub: None)
+        moved = _json(text).get("bytes") if via == "hub" else parse_rsync_bytes(str(text))
+        out[name] = {"via": where, "bytes": moved, "ok": ok, "error": error}
     return out
 
 

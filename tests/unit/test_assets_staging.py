@@ -468,6 +468,13 @@ def test_rsync_bytes_and_transfers() -> None:
     )
     sync = ap.transfers([{"item": {"name": "llm"}, "changed": True, "msg": stats}], "control")
     assert sync["llm"]["bytes"] == 1234567 and sync["llm"]["via"] == "control"
+    hub = {"item": {"name": "vision_tower"}, "rc": 0, "stdout": '{"ok": true, "bytes": 4096, "files": 3}'}
+    assert ap.transfers([hub], "hub")["vision_tower"] == {
+        "via": "hub",
+        "bytes": 4096,
+        "ok": True,
+        "error": None,
+    }
 
 
 def test_messages_and_reasons() -> None:
