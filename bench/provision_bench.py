@@ -248,9 +248,12 @@ def bench_noop(size: int, work: Path) -> dict[str, Any]:
     }
 
 
+NOOP_HEADING = "## The whole site.yml, no-op rerun (`--noop-only`)"
+
+
 def render_noop(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "## The whole site.yml, no-op rerun (`--noop-only`)",
+        NOOP_HEADING,
         "",
         "A healthy fleet whose job has finished: the rerun must change nothing and run no accelerator check.",
         "",
@@ -395,12 +398,26 @@ def render_doc(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _doc_noop_section() -> str:
+    """The no-op section of the doc as it is (each mode rewrites only its own part of the doc)."""
+    text = DOC.read_text() if DOC.is_file() else ""
+    _, heading, rest = text.partition(NOOP_HEADING)
+    return heading + rest
+
+
 def write_doc(results: dict[str, Any]) -> str:
     text = render_doc(results)
-    if NOOP_RESULTS.is_file():
-        text += "\n" + render_noop(json.loads(NOOP_RESULTS.read_text())["rows"])
-    DOC.write_text(text)
+    noop = _doc_noop_section()
+    DOC.write_text(text + ("\n" + noop if noop else ""))
     return text
+
+
+def write_noop_doc(rows: list[dict[str, Any]]) -> str:
+    text = DOC.read_text() if DOC.is_file() else ""
+    head = text.partition(NOOP_HEADING)[0].rstrip("\n")
+    section = render_noop(rows)
+    DOC.write_text((head + "\n\n" if head else "") + section)
+    return section
 
 
 def main_noop(sizes: list[int], as_json: bool) -> int:
@@ -415,7 +432,7 @@ def main_noop(sizes: list[int], as_json: bool) -> int:
                 print(json.dumps({k: row.get(k) for k in keys}), flush=True)
             NOOP_RESULTS.parent.mkdir(parents=True, exist_ok=True)
             NOOP_RESULTS.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
-    text = write_doc(load_results())
+    text = write_noop_doc(rows)
     if not as_json:
         print(text)
     return 0 if all(r.get("ok") and not r.get("accel_check_ran") for r in rows) else 1
@@ -472,7 +489,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the sequential SSH baseline")
     parser.add_argument("--keep", action="store_true", help="keep earlier sizes' results in the table")
     parser.add_argument("--render-only", action="store_true", help="rewrite the doc from saved results")
+    parser.add_argument(
+        "--render-noop-only", action="store_true", help="rewrite the doc's no-op section from saved results"
+    )
     args = parser.parse_args(argv)
+    if args.render_noop_only:
+        print(write_noop_doc(json.loads(NOOP_RESULTS.read_text())["rows"]))
+        return 0
     results = load_results() if (args.keep or args.render_only) else {"sizes": {}}
     if args.render_only:
         print(write_doc(results))
