@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker
+from docker.models.containers import Container
 
 from llava_devserver.sim import hub_server, sidecar
 from llava_devserver.sim.image import ensure_base_image
@@ -59,12 +60,9 @@ def _archive(repos: dict[str, Path]) -> bytes:
 def ensure_hub(client: docker.DockerClient, network: str, serve_on: str, repos: dict[str, Path]) -> SimHub:
     """Start (or reuse) the hub of fleet network `network` on network `serve_on`, serving `repos`
     (repo id -> folder)."""
-    container = sidecar.find(client, HUB_LABEL, network)
-    if container is not None:
-        if container.status != "running":
-            container.start()
-    else:
-        container = client.containers.create(
+
+    def create() -> Container:
+        made = client.containers.create(
             ensure_base_image(client),
             name=hub_name(network),
             hostname="hub",
@@ -73,9 +71,11 @@ def ensure_hub(client: docker.DockerClient, network: str, serve_on: str, repos: 
             entrypoint=["python3", SCRIPT, "--root", ROOT],
             network=serve_on,
         )
-        if not container.put_archive("/", _archive(repos)):
-            raise HubError(f"{container.name}: the repositories could not be copied in")
-        container.start()
+        if not made.put_archive("/", _archive(repos)):
+            raise HubError(f"{made.name}: the repositories could not be copied in")
+        return made
+
+    container = sidecar.ensure(client, HUB_LABEL, network, create)
     address = sidecar.address(container, serve_on)
     if not address:
         raise HubError(f"{container.name}: no address on {serve_on}")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import docker
 import docker.errors
+from docker.models.containers import Container
 
 from llava_devserver.sim import sidecar
 from llava_devserver.sim.image import LABEL, ensure_base_image
@@ -109,12 +110,9 @@ def ensure_outside_network(client: docker.DockerClient, network: str, labels: di
 def ensure_proxy(client: docker.DockerClient, network: str) -> SimProxy:
     """Start (or reuse) the proxy between fleet network `network` and its outside network."""
     outside = outside_network_name(network)
-    container = sidecar.find(client, PROXY_LABEL, network)
-    if container is not None:
-        if container.status != "running":
-            container.start()
-    else:
-        container = client.containers.create(
+
+    def create() -> Container:
+        made = client.containers.create(
             ensure_proxy_image(client),
             name=proxy_name(network),
             hostname="proxy",
@@ -122,8 +120,10 @@ def ensure_proxy(client: docker.DockerClient, network: str) -> SimProxy:
             detach=True,
             network=outside,  # the way out: a plain bridge with the host's route
         )
-        client.networks.get(network).connect(container)
-        container.start()
+        client.networks.get(network).connect(made)
+        return made
+
+    container = sidecar.ensure(client, PROXY_LABEL, network, create)
     address = sidecar.address(container, network)
     if not address or not sidecar.address(container, outside):
         raise ProxyError(f"{container.name}: not attached to both {network} and {outside}")

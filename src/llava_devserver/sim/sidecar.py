@@ -3,6 +3,8 @@ whose value is the fleet network it serves, by which it is found again and remov
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import docker
 from docker.models.containers import Container
 
@@ -11,6 +13,18 @@ def find(client: docker.DockerClient, label: str, network: str) -> Container | N
     """The container labelled `label=network` (running or not), None when there is none."""
     found = client.containers.list(all=True, filters={"label": f"{label}={network}"})
     return found[0] if found else None
+
+
+def ensure(
+    client: docker.DockerClient, label: str, network: str, create: Callable[[], Container]
+) -> Container:
+    """The running container labelled `label=network`: the one there (started if it stopped), else the one
+    `create()` makes (created, set up, not yet started)."""
+    container = find(client, label, network) or create()
+    if container.status != "running":
+        container.start()
+        container.reload()
+    return container
 
 
 def remove(client: docker.DockerClient, label: str, network: str) -> list[str]:
