@@ -41,8 +41,8 @@ demo: venv host-tools docker
 	@echo "Report: $$(ls -d runs/*/ | tail -n 1)report.md"
 
 lint: venv
-	$(BIN)/ruff check src tests bench roles
-	$(BIN)/ruff format --check src tests bench roles
+	$(BIN)/ruff check src tests bench roles plugins
+	$(BIN)/ruff format --check src tests bench roles plugins
 	$(BIN)/mypy
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint --offline --profile production

@@ -16,7 +16,7 @@ server is in at most one pair per round, so that pairs never compete for its dev
   passed: the collective is slow only at the fleet's scale; or nothing was cleared) every server keeps it.
 
 Pure functions on plain data, unit-tested in tests/unit/test_accel_pairs.py; the filters of the role are in
-ansible_plugins/filter/accel_check.py.
+plugins/filter/accel_check.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What the llava_assets role does for one host, computed on the control node from the llava dict.
 
-The role stays thin: these functions (exposed as filters by ansible_plugins/filter/assets.py) turn the
+The role stays thin: these functions (exposed as filters by plugins/filter/assets.py) turn the
 validated settings into a plan per asset, pick the fan-out seed, build the commands it runs (hub download,
 server-to-server rsync) and turn results into failure messages and the report fact. The server-side half
 (fingerprints, the manifest, verification) is assets_manifest.py, which runs with the server's python3.

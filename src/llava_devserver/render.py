@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import shlex
-import sys
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -89,18 +88,14 @@ def shcomment(value: Any) -> str:
 def template_dirs() -> list[Path]:
     """Where templates/ may be, first match wins.
 
-    An explicit override, then a copy shipped inside the package, then the data-files location of a
-    wheel install, then the repository root (a checkout or an editable install).
+    An explicit override, then the copy a wheel carries inside the package (pyproject.toml's
+    force-include), then the repository root (a checkout or an editable install).
     """
     candidates: list[Path] = []
     if os.environ.get(_TEMPLATES_ENV_VAR):
         candidates.append(Path(os.environ[_TEMPLATES_ENV_VAR]))
     here = Path(__file__).resolve().parent
-    candidates += [
-        here / "templates",
-        Path(sys.prefix) / "share" / "llava-devserver" / "templates",
-        here.parent.parent / "templates",
-    ]
+    candidates += [here / "templates", here.parent.parent / "templates"]
     return [c for c in candidates if (c / "pretrain_new.sh.j2").is_file()]
 
 
@@ -123,9 +118,8 @@ def environment() -> jinja2.Environment:
     dirs = template_dirs()
     if not dirs:
         raise RenderError(
-            "templates: pretrain_new.sh.j2 not found (looked in the package, "
-            f"{Path(sys.prefix) / 'share/llava-devserver/templates'} and the repository's templates/; "
-            f"set {_TEMPLATES_ENV_VAR} to the folder)"
+            "templates: pretrain_new.sh.j2 not found (looked in the package and the repository's "
+            f"templates/; set {_TEMPLATES_ENV_VAR} to the folder)"
         )
     return _environment(tuple(str(d) for d in dirs))
 

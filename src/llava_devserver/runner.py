@@ -1,7 +1,10 @@
 """Run a playbook of this project through ansible-runner and sum up what happened per host.
 
 `run_playbook` runs `ansible-playbook` with the project's ansible.cfg from the project root (so roles,
-plugins and the fact cache resolve as they do for a bare `ansible-playbook site.yml`), hands every event
+plugins and the fact cache resolve as they do for a bare `ansible-playbook site.yml`). The project is the
+checkout (or editable install) this package lives in, else the copy of the collection a wheel carries
+(`packaged_project`): then runs land in ./runs of the current folder and facts in the user's cache. It
+hands every event
 to `on_event` as it arrives (the live display), keeps the whole stdout in `<run dir>/ansible.log`, and
 returns a `RunResult` built from the same events. The run directory is shared with the `llava_report`
 callback through the environment variable LLAVA_RUN_DIR, so the report lands next to the log.
@@ -31,12 +34,33 @@ Event = dict[str, Any]
 EventHandler = Callable[[Event], None]
 
 
+# Inside the package of a wheel install: the collection as Ansible lays one out (pyproject's force-include).
+PACKAGED_COLLECTIONS = "collection"
+COLLECTION_PATH = ("ansible_collections", "llava", "devserver")
+
+
 class ProjectNotFoundError(RuntimeError):
     """No directory holding site.yml and ansible.cfg was found."""
 
 
+def packaged_project() -> Path | None:
+    """The collection the installed wheel carries, or None (a checkout or an editable install)."""
+    root = Path(__file__).resolve().parent.joinpath(PACKAGED_COLLECTIONS, *COLLECTION_PATH)
+    return root if (root / "site.yml").is_file() else None
+
+
+def is_packaged(root: Path) -> bool:
+    return root == packaged_project()
+
+
+def runs_dir(root: Path) -> Path:
+    """Where runs are kept: runs/ of a checkout, ./runs of the current folder for an installed package."""
+    return (Path.cwd() if is_packaged(root) else root) / "runs"
+
+
 def find_project_root(start: Path | None = None) -> Path:
-    """The directory holding site.yml: $LLAVA_DEVSERVER_HOME, else the nearest above the package or cwd."""
+    """The directory holding site.yml: $LLAVA_DEVSERVER_HOME, else the nearest above the package or cwd,
+    else the packaged collection."""
     configured = os.environ.get(HOME_ENV)
     if configured:
         root = Path(configured).expanduser().resolve()
@@ -48,15 +72,18 @@ def find_project_root(start: Path | None = None) -> Path:
         for candidate in (origin, *origin.parents):
             if (candidate / "site.yml").is_file() and (candidate / "ansible.cfg").is_file():
                 return candidate
+    packaged = packaged_project() if start is None else None
+    if packaged is not None:
+        return packaged
     raise ProjectNotFoundError(
         f"no site.yml + ansible.cfg above {', '.join(str(s) for s in starts)}; set {HOME_ENV} to the project"
     )
 
 
 def new_run_dir(root: Path, now: datetime | None = None) -> Path:
-    """runs/<UTC YYYYmmdd-HHMMSS> under the project root; a suffix when two runs share a second."""
+    """<runs_dir>/<UTC YYYYmmdd-HHMMSS>; a suffix when two runs share a second."""
     stamp = (now or datetime.now(UTC)).strftime(TIMESTAMP_FORMAT)
-    base = root / "runs" / stamp
+    base = runs_dir(root) / stamp
     candidate, n = base, 1
     while candidate.exists():
         n += 1
@@ -202,15 +229,22 @@ def _cmdline(
 def runner_env(root: Path, run_dir: Path) -> dict[str, str]:
     """Environment of the ansible-playbook process."""
     bin_dir = str(Path(sys.executable).parent)  # ansible-playbook of this venv even when not activated
-    return {
+    env = {
         "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
-        # ansible-runner sets ANSIBLE_CALLBACK_PLUGINS to its own directory, which would hide ansible.cfg's
-        # callback_plugins (the llava_report callback): name ours first.
-        "ANSIBLE_CALLBACK_PLUGINS": str(root / "src/llava_devserver/ansible_plugins/callback"),
         "ANSIBLE_NOCOLOR": "1",
         "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
         RUN_DIR_ENV: str(run_dir),
     }
+    if is_packaged(root):
+        # ansible.cfg's collections_path names the checkout's link (collections/): here the collection is
+        # the package's own copy; the fact cache goes to the user's cache, never into site-packages.
+        collections = root.parents[len(COLLECTION_PATH) - 1]
+        env["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join(
+            (str(collections), "~/.ansible/collections", "/usr/share/ansible/collections")
+        )
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llava-devserver" / "facts"
+        env["ANSIBLE_CACHE_PLUGIN_CONNECTION"] = str(cache)
+    return env
 
 
 def run_playbook(

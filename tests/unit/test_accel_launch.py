@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_collections.llava.devserver.plugins.filter import accel_check as accel_filter
 
 from llava_devserver import accel_check, accel_launch
-from llava_devserver.ansible_plugins.filter import accel_check as accel_filter
 from llava_devserver.config import validate_fleet
 from llava_devserver.report import verdict_cell
 

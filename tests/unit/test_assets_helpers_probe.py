@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from llava_devserver.ansible_plugins.filter.assets import (
+from ansible_collections.llava.devserver.plugins.filter.assets import (
     HELPER_STAT,
     llava_assets_helpers_due,
     llava_assets_helpers_probe,

@@ -218,7 +218,7 @@ def test_a_fifo_in_place_of_a_config_file(work: Path, tmp_path: Path) -> None:
     assert json.loads(text)["assets"]["vision_tower"]["ok"] is False
     assert verified["llm"]["ok"]
 
-    from llava_devserver.ansible_plugins.filter.assets import llava_assets_python_files
+    from ansible_collections.llava.devserver.plugins.filter.assets import llava_assets_python_files
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

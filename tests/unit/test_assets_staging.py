@@ -181,7 +181,7 @@ def test_helper_cli_runs_standalone(assets: dict[str, Path], tmp_path: Path) -> 
     """As on a server: the two scripts copied side by side, run with a plain python3 (no package)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    from llava_devserver.ansible_plugins.filter.assets import llava_assets_python_files
+    from ansible_collections.llava.devserver.plugins.filter.assets import llava_assets_python_files
 
     for name, path in llava_assets_python_files().items():
         shutil.copy(path, bin_dir / name)

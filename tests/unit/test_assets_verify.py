@@ -118,7 +118,7 @@ def test_torch_bin_shards(tmp_path: Path) -> None:
 def test_command_line_runs_on_plain_python(assets: dict[str, Path], tmp_path: Path) -> None:
     """The file runs standalone (stdlib only, beside the helpers the role copies with it, no package on
     the path: -S, no PYTHONPATH) with the exit codes the role relies on."""
-    from llava_devserver.ansible_plugins.filter.assets import llava_assets_python_files
+    from ansible_collections.llava.devserver.plugins.filter.assets import llava_assets_python_files
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 from ansible.errors import AnsibleFilterError
+from ansible_collections.llava.devserver.plugins.filter.container import FilterModule
 
 from llava_devserver import container_spec as cs
-from llava_devserver.ansible_plugins.filter.container import FilterModule
 
 LLAVA: dict[str, Any] = {
     "container_name": "llava-pretrain",

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from ansible_collections.llava.devserver.plugins.filter.llava_pretrain import llava_pretrain_state_file
 
 from fleet_settings import llava_of
 from llava_devserver import assets_manifest, assets_plan, jobstate
-from llava_devserver.ansible_plugins.filter.llava_pretrain import llava_pretrain_state_file
 from llava_devserver.commands.fleet import remote_log_command
 from llava_devserver.config import (
     HOST_STATE_ROOT,

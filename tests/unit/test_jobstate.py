@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_collections.llava.devserver.plugins.filter import llava_pretrain as filters
 
 from llava_devserver import jobstate
-from llava_devserver.ansible_plugins.filter import llava_pretrain as filters
 from llava_devserver.render import render_job
 
 NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)

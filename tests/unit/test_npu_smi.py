@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
+from ansible_collections.llava.devserver.plugins.filter import npu_smi as npu_smi_filter
 
 from llava_devserver import npu_smi
-from llava_devserver.ansible_plugins.filter import npu_smi as npu_smi_filter
 from llava_devserver.cli import main
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "npu-smi"

@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from llava_devserver.ansible_plugins.filter.probe import llava_root_dirs_due, llava_root_dirs_probe
+from ansible_collections.llava.devserver.plugins.filter.probe import (
+    llava_root_dirs_due,
+    llava_root_dirs_probe,
+)
+
 from llava_devserver.sections import PROBE_FUNCTION, card_sections, probe_results
 
 
@@ -69,7 +73,7 @@ def test_root_dirs_due_lists_what_is_missing_a_link_or_not_root_only(tmp_path: P
 
 
 def test_stat_from_kinds_reads_what_the_container_probe_prints(tmp_path: Path) -> None:
-    from llava_devserver.ansible_plugins.filter.probe import llava_stat_from_kinds
+    from ansible_collections.llava.devserver.plugins.filter.probe import llava_stat_from_kinds
 
     (tmp_path / "file").write_text("x")
     (tmp_path / "empty").touch()

@@ -26,11 +26,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from ansible_collections.llava.devserver.plugins.filter.accel_check import llava_module_path
+from ansible_collections.llava.devserver.plugins.filter.assets import llava_assets_python_files
+from ansible_collections.llava.devserver.plugins.filter.llava_pretrain import llava_pretrain_helper_path
+from ansible_collections.llava.devserver.plugins.filter.workspace import llava_workspace_unpack_helper
 
-from llava_devserver.ansible_plugins.filter.accel_check import llava_module_path
-from llava_devserver.ansible_plugins.filter.assets import llava_assets_python_files
-from llava_devserver.ansible_plugins.filter.llava_pretrain import llava_pretrain_helper_path
-from llava_devserver.ansible_plugins.filter.workspace import llava_workspace_unpack_helper
 from llava_devserver.sim import image as sim_image
 
 REPO = Path(__file__).resolve().parents[2]

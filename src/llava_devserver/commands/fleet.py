@@ -232,10 +232,10 @@ def retry_limit(args: argparse.Namespace) -> str | int | None:
     if args.limit:
         print("error: --retry chooses the servers itself: drop --limit", file=sys.stderr)
         return EXIT_USAGE
-    from llava_devserver.runner import find_project_root
+    from llava_devserver.runner import find_project_root, runs_dir
 
     try:
-        path = retry_report(args.retry, find_project_root() / "runs")
+        path = retry_report(args.retry, runs_dir(find_project_root()))
         report = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, ProjectNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

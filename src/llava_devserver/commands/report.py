@@ -39,9 +39,9 @@ def default_runs_dir() -> Path:
     if local.is_dir():
         return local
     try:
-        from llava_devserver.runner import find_project_root
+        from llava_devserver.runner import find_project_root, runs_dir
 
-        return find_project_root() / "runs"
+        return runs_dir(find_project_root())
     except (ImportError, RuntimeError):  # no runner module, or no project found
         return local
 

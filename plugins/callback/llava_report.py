@@ -17,8 +17,8 @@ from ansible.plugins.callback import CallbackBase
 
 try:
     from llava_devserver import report
-except ImportError:  # ansible from another Python: use the source tree this plugin lives in
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+except ImportError:  # ansible from another Python: use the checkout this plugin lives in (plugins/callback/)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
     from llava_devserver import report
 
 DOCUMENTATION = """
@@ -27,7 +27,8 @@ type: aggregate
 short_description: Write the llava-devserver fleet report (runs/<timestamp>/report.{json,md}, loss.png)
 description:
   - At playbook start, uses the directory in the environment variable C(LLAVA_RUN_DIR) or creates
-    C(<playbook dir>/runs/<UTC timestamp>), and exports it as C(LLAVA_RUN_DIR) so that roles can fetch job
+    C(<playbook dir>/runs/<UTC timestamp>) (C(./runs/) of the current folder for the playbooks of the
+    installed collection), and exports it as C(LLAVA_RUN_DIR) so that roles can fetch job
     logs into C($LLAVA_RUN_DIR/logs/<inventory_hostname>/train.log).
   - Records per host the ok/changed/failed/unreachable/skipped counts, the task that stopped the host and
     every fact whose name starts with C(llava_report_). Results of C(no_log) tasks are never recorded.
@@ -88,6 +89,8 @@ def _context(llava: dict[str, Any] | None) -> dict[str, Any]:
 
 def _base_dir(playbook: Any) -> Path:
     base = Path(getattr(playbook, "_basedir", None) or os.getcwd()).resolve()
+    if "ansible_collections" in base.parts:  # llava.devserver.site: never write into the installed collection
+        return Path.cwd()
     # playbooks/<x>.yml run alone write beside site.yml, like a run of site.yml does.
     if base.name == "playbooks" and (base.parent / "site.yml").exists():
         base = base.parent
