@@ -30,7 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 GOOD = ROOT / "tests/inventories/good"
-# Tested work stays clean of these: runs, caches or Ansible's own folders outside the temporary folders.
+# What would point the commands back at the checkout.
 ISOLATED_ENV_DROP = ("LLAVA_DEVSERVER_HOME", "LLAVA_DEVSERVER_TEMPLATES", "ANSIBLE_CONFIG", "PYTHONPATH")
 
 
