@@ -345,7 +345,7 @@ class Fleet:
                     )
                 )
 
-        fleet_env = self.ansible_env | {"ANSIBLE_CALLBACKS_ENABLED": "llava_report"}
+        fleet_env = self.ansible_env | {"ANSIBLE_CALLBACKS_ENABLED": "llava.devserver.llava_report"}
         started = time.monotonic()
         run = runner.run_playbook(
             playbook,

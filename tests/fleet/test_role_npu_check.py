@@ -5,7 +5,6 @@ names the card or the cause; the healthy one passes and records `llava_report_np
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _load_filter() -> ModuleType:
-    path = REPO / "roles" / "npu_check" / "filter_plugins" / "npu_check_bound.py"
-    spec = importlib.util.spec_from_file_location("npu_check_bound", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from ansible_collections.llava.devserver.plugins.filter import npu_check_bound
+
+    return npu_check_bound
 
 
 bound = _load_filter()

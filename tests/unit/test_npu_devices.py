@@ -9,6 +9,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from ansible_collections.llava.devserver.plugins.filter import npu_check_bound
 
 from llava_devserver import container_spec
 from llava_devserver.npu_devices import (
@@ -21,7 +22,6 @@ from llava_devserver.npu_devices import (
     parse_device_ids,
     read_device_ids,
 )
-from role_plugins import load_role_filter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -181,7 +181,7 @@ def test_the_sentence_names_the_npu_the_container_and_what_to_do() -> None:
 
 
 def _npu_check_filter() -> ModuleType:
-    return load_role_filter("npu_check", "npu_check_bound")
+    return npu_check_bound
 
 
 def test_preflight_and_container_role_agree_on_every_kind_of_container() -> None:

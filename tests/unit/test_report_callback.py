@@ -103,7 +103,7 @@ def run_playbook(workdir: Path, playbook: str, env_extra: dict[str, str]) -> sub
     env = {k: v for k, v in os.environ.items() if k != "LLAVA_RUN_DIR"}
     env.update(
         ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-        ANSIBLE_CALLBACKS_ENABLED="llava_report",
+        ANSIBLE_CALLBACKS_ENABLED="llava.devserver.llava_report",
         ANSIBLE_FACT_CACHING="memory",  # keep the test's facts out of the repository's cache
         ANSIBLE_LOCAL_TEMP=str(workdir / ".ansible-tmp"),
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
@@ -226,7 +226,7 @@ def test_run_dir_from_the_environment_and_a_run_stopped_at_validation(tmp_path: 
 
 def test_callback_is_documented_for_ansible_doc() -> None:
     proc = subprocess.run(
-        [str(VENV_BIN / "ansible-doc"), "-t", "callback", "llava_report"],
+        [str(VENV_BIN / "ansible-doc"), "-t", "callback", "llava.devserver.llava_report"],
         cwd=REPO,
         env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")},
         capture_output=True,

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 import yaml
+from ansible_collections.llava.devserver.plugins.filter import npu_check_bound
 
 from llava_devserver import assets_manifest as am
 from llava_devserver import assets_plan as ap
-from role_plugins import load_role_filter
 from role_tasks import tasks_of, walk
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,7 +72,10 @@ def test_hub_task_sends_the_token_on_stdin_only() -> None:
     assert "hf_token" in command["stdin"] and hub["no_log"] is True
     assert "hf_token" not in hub["environment"]
     # the endpoint and the proxy only
-    assert hub["environment"] == "{{ llava.hf_endpoint | llava_assets_hub_env | combine(llava.proxy_env) }}"
+    assert (
+        hub["environment"]
+        == "{{ llava.hf_endpoint | llava.devserver.llava_assets_hub_env | combine(llava.proxy_env) }}"
+    )
     assert "HF_TOKEN" not in ap.hub_environment("https://hf-mirror.com")
 
 
@@ -115,7 +118,7 @@ def test_registry_login_goes_to_a_temporary_docker_config_removed_in_always() ->
 
 
 def _bound() -> ModuleType:
-    return load_role_filter("npu_check", "npu_check_bound")
+    return npu_check_bound
 
 
 def test_reduced_container_lines_are_what_the_check_reads() -> None:
@@ -172,9 +175,12 @@ def _inspect_format() -> str:
         )
         assert "environment" not in task, variable
     checks = next(t for t in tasks_of("roles/training_container/tasks/checks.yml") if "vars" in t)
-    assert checks["vars"]["training_container_holders_format"] == "{{ None | llava_docker_holders_format }}"
+    assert (
+        checks["vars"]["training_container_holders_format"]
+        == "{{ None | llava.devserver.llava_docker_holders_format }}"
+    )
     npu_vars = yaml.safe_load((REPO / "roles/npu_check/vars/main.yml").read_text())
-    assert npu_vars["npu_check_inspect_format"] == "{{ None | llava_docker_holders_format }}"
+    assert npu_vars["npu_check_inspect_format"] == "{{ None | llava.devserver.llava_docker_holders_format }}"
     return HOLDERS_FORMAT
 
 

@@ -50,7 +50,7 @@ def _yaml_texts() -> str:
 
 
 def _named(filter_name: str) -> set[str]:
-    return set(re.findall(r"'(\w+)'\s*\|\s*" + filter_name + r"\b", _yaml_texts()))
+    return set(re.findall(r"'(\w+)'\s*\|\s*(?:llava\.devserver\.)?" + filter_name + r"\b", _yaml_texts()))
 
 
 def _is_python_script(path: Path) -> bool:
@@ -143,9 +143,9 @@ def test_every_server_script_is_one_this_test_knows() -> None:
     helpers = {command.split(" }}", 1)[0] + " }}" for command in commands}
     assert helpers == {"{{ llava_pretrain_helper }}", "{{ llava_workspace_helper }}"}, commands
     role_vars = (REPO / "roles/llava_pretrain/vars/main.yml").read_text()
-    assert "'jobstate' | llava_pretrain_helper_path" in role_vars
+    assert "'jobstate' | llava.devserver.llava_pretrain_helper_path" in role_vars
     workspace_vars = (REPO / "roles/llava_workspace/vars/main.yml").read_text()
-    assert "None | llava_workspace_unpack_helper" in workspace_vars
+    assert "None | llava.devserver.llava_workspace_unpack_helper" in workspace_vars
 
 
 @pytest.mark.parametrize("path", sorted(shipped_files()), ids=lambda p: p.name)
