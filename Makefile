@@ -8,7 +8,7 @@ SIM_DIR ?= .sim/demo
 export PATH := $(abspath $(BIN)):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 
-.PHONY: venv lock host-tools docker images demo test unit fleet-tests molecule lint bench clean
+.PHONY: venv lock host-tools docker images demo test unit fleet-tests molecule lint sanity bench clean
 
 # What pyproject.toml asks for, at the exact versions of the lock (pip constraints), so that CI installs what
 # was tested. `make lock` writes the lock again from this virtualenv after a dependency changed.
@@ -47,6 +47,11 @@ lint: venv
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint --offline --profile production
 
+# Ansible's sanity suite (ansible-test sanity: validate-modules, import, pylint, pep8, yamllint, ...) on the
+# collection as it ships (scripts/sanity.sh; ignores explained in tests/sanity/ignore-*.txt).
+sanity: venv
+	BIN=$(BIN) scripts/sanity.sh
+
 # --durations: the slowest tests of every run are printed, so that growth is seen. One worker: in `make test`
 # the images build beside this stage, and two workers only slowed them (measured: the stage before the fleet
 # tests took 852 s with -n auto against 766 s serial). Alone, `make unit UNIT_ARGS="-n auto --dist loadfile"`
@@ -65,7 +70,7 @@ molecule: venv host-tools docker
 # background (mostly downloads and disk) while lint and the unit tests use the CPU. (Molecule beside the fleet
 # tests was measured no faster: 47.5 min for both together against 36 + 12 one after the other.)
 test:
-	scripts/stages.sh venv host-tools docker images@ lint unit wait fleet-tests molecule
+	scripts/stages.sh venv host-tools docker images@ lint sanity unit wait fleet-tests molecule
 
 bench: venv host-tools docker
 	$(PY) bench/validate_bench.py

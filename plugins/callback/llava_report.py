@@ -6,21 +6,6 @@ A thin adapter: it collects per host the task counts, the task that stopped the 
 
 from __future__ import annotations
 
-import os
-import sys
-import time
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
-
-from ansible.plugins.callback import CallbackBase
-
-try:
-    from llava_devserver import report
-except ImportError:  # ansible from another Python: use the checkout this plugin lives in (plugins/callback/)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-    from llava_devserver import report
-
 DOCUMENTATION = """
 name: llava_report
 type: aggregate
@@ -39,6 +24,22 @@ description:
 requirements:
   - the llava_devserver package (importable, or this file inside its source tree)
 """
+
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ansible.plugins.callback import CallbackBase
+
+try:
+    from llava_devserver import report
+except ImportError:  # ansible from another Python: use the checkout this plugin lives in (plugins/callback/)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+    from llava_devserver import report
+
 
 GROUP = "devservers"
 HIDDEN = "(output hidden: no_log)"

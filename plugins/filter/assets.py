@@ -85,7 +85,7 @@ def llava_assets_local_copy(asset: Mapping[str, Any], owner: str, helper_dir: st
     return assets_plan.local_copy_command(asset, owner, helper_dir)
 
 
-def llava_assets_fanout_key_pattern(_: Any = None) -> str:
+def llava_assets_fanout_key_pattern(_value: Any = None) -> str:
     return assets_plan.fanout_key_line_pattern()
 
 
@@ -116,7 +116,7 @@ def llava_host_path(container_path: str, llava: Mapping[str, Any]) -> str:
     return path
 
 
-def llava_assets_python_files(_: Any = None) -> dict[str, str]:
+def llava_assets_python_files(_value: Any = None) -> dict[str, str]:
     from llava_devserver import (
         as_owner,
         assets_archive,

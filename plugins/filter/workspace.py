@@ -20,7 +20,7 @@ def llava_workspace_protected(llava: Mapping[str, Any]) -> dict[str, str]:
     return package_unpack.protected_paths(llava)
 
 
-def llava_workspace_unpack_helper(_: Any = None) -> str:
+def llava_workspace_unpack_helper(_value: Any = None) -> str:
     return str(package_unpack.__file__)
 
 
