@@ -15,6 +15,7 @@ from typing import Any
 
 from ansible.plugins.action import ActionBase
 
+from llava_devserver.ansible_private import origin_of
 from llava_devserver.config import (
     GROUP,
     KNOWN_SETTINGS,
@@ -22,7 +23,7 @@ from llava_devserver.config import (
     UnresolvedValue,
     validate_fleet,
 )
-from llava_devserver.inventory import origin_of, plain
+from llava_devserver.inventory import plain
 
 
 class _Origins(dict[str, str]):

@@ -8,14 +8,13 @@ with the host's variables, as Ansible would when a task reads them.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llava_devserver.ansible_private import origin_of, strict_inventory_parsing
 from llava_devserver.config import GROUP, KNOWN_SETTINGS, UnresolvedValue, is_ansible_variable
 
 
@@ -32,61 +31,22 @@ class FleetInventory:
     origins: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-@contextlib.contextmanager
-def _strict_inventory_parsing(failures: list[str]) -> Iterator[None]:
-    """Make an unparsable source an error, not a warning and an empty inventory; collect the reasons.
-
-    Ansible reports why each inventory plugin failed as warnings on stderr; they are collected instead so
-    that the error names the cause once.
-    """
-    from ansible import constants as C
-    from ansible.inventory import manager
-
-    def collect(msg: str, exception: BaseException | None = None, **_: Any) -> None:
-        reason = getattr(exception, "message", None) or str(exception or "")
-        failures.append(f"{msg} {reason.strip()}".strip())
-
-    saved = C.INVENTORY_UNPARSED_IS_FAILED, C.INVENTORY_ANY_UNPARSED_IS_FAILED
-    saved_report = manager.display.error_as_warning
-    C.INVENTORY_UNPARSED_IS_FAILED = C.INVENTORY_ANY_UNPARSED_IS_FAILED = True
-    manager.display.error_as_warning = collect
-    try:
-        yield
-    finally:
-        C.INVENTORY_UNPARSED_IS_FAILED, C.INVENTORY_ANY_UNPARSED_IS_FAILED = saved
-        manager.display.error_as_warning = saved_report
-
-
 def plain(value: Any) -> Any:
-    """Ansible's tagged values (2.19 data tagging) as plain JSON-able Python; tuples from INI become lists."""
-    from ansible.module_utils._internal._datatag import AnsibleTagHelper
+    """Ansible's tagged values (2.19 data tagging) as plain JSON-able Python; tuples from INI become lists.
 
+    A tagged value is an instance of a subclass of str, int or float: the base type's constructor gives the
+    plain value (public Python, no ansible-core internals).
+    """
     if isinstance(value, Mapping):
         return {plain(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return AnsibleTagHelper.untag(value)
+    if value is None or isinstance(value, bool):
+        return value
+    for base in (str, int, float):
+        if isinstance(value, base):
+            return base(value)
     return str(value)  # e.g. a vaulted string: decrypting may fail, the caller turns that into an error
-
-
-def origin_of(value: Any) -> str | None:
-    try:  # Origin is internal to ansible-core 2.19; without it errors just lack the file name
-        from ansible._internal._datatag._tags import Origin
-    except ImportError:  # pragma: no cover
-        return None
-    tag = Origin.get_tag(value)
-    if tag is None or not tag.path:
-        return None
-    path = _display_path(tag.path, os.getcwd())
-    return f"{path}:{tag.line_num}" if tag.line_num else path
-
-
-@functools.lru_cache(maxsize=256)
-def _display_path(path: str, cwd: str) -> str:
-    """Relative to the working directory when below it (shorter errors), else absolute."""
-    relative = os.path.relpath(path, cwd)
-    return path if relative.startswith("..") else relative
 
 
 def _may_be_template(value: Any) -> bool:
@@ -167,7 +127,7 @@ def load_inventory(
     failures: list[str] = []
     try:
         try:
-            with _strict_inventory_parsing(failures):
+            with strict_inventory_parsing(failures):
                 inventory = InventoryManager(loader=loader, sources=paths)
         except AnsibleError as exc:
             raise InventoryError("; ".join([str(exc.message), *failures])) from exc
