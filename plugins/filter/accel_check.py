@@ -1,7 +1,7 @@
 """Jinja2 filters over `llava_devserver.accel_launch` for the role accel_check (no logic here).
 
-- `{{ 'accel_check' | llava_module_path }}`: the file of the package module `llava_devserver.<name>`
-  (the role copies `accel_check.py` from the installed package into the container).
+- `{{ 'payloads.accel_check' | llava.devserver.llava_module_path }}`: the file of the package module
+  `llava_devserver.<name>` (the role copies `accel_check.py` from the installed package into the container).
 - `{{ llava | accel_check_plan(peers, accel_check_options) }}`: the `docker exec` argv and the bounds of the
   launch (`accel_launch.check_plan`; the options are the role's knobs, see `launch_options`).
 - `{{ launched | accel_check_result(host, plan) }}`: `{failed, cause, message, report}` from the launch

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llava_devserver import accel_launch
-from llava_devserver.accel_check import summary_line
+from llava_devserver.payloads.accel_check import summary_line
 
 HEALTHY = "healthy"
 SLOW = "slow"

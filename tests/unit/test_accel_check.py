@@ -1,4 +1,4 @@
-"""Tests of the accelerator readiness check (src/llava_devserver/accel_check.py).
+"""Tests of the accelerator readiness check (src/llava_devserver/payloads/accel_check.py).
 
 The pure parts run in-process; the check itself runs the way the role runs it: `python3 accel_check.py`
 alone, or under torchrun / the deepspeed launcher on the CPU (gloo), with faults injected through
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from llava_devserver import accel_check
+from llava_devserver.payloads import accel_check
 
 SCRIPT = Path(accel_check.__file__).resolve()
 BIN = Path(sys.executable).parent

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from ansible_collections.llava.devserver.plugins.filter import accel_check as accel_filter
 
-from llava_devserver import accel_check, accel_launch
+from llava_devserver import accel_launch
 from llava_devserver.config import validate_fleet
+from llava_devserver.payloads import accel_check
 from llava_devserver.report import verdict_cell
 
 HOSTS = ("devserver-1", "devserver-2", "devserver-3")
@@ -342,4 +343,4 @@ def test_filters_adapt_ansible_values() -> None:
     registered = {"rc": 0, "stdout": _stdout(_doc(_ranks())), "stderr": "", "delta": "0:01:02.500000"}
     outcome = accel_filter.accel_check_result(registered, "devserver-2", PLAN)
     assert outcome["report"]["run"]["seconds"] == 62.5
-    assert Path(accel_filter.llava_module_path("accel_check")).name == "accel_check.py"
+    assert Path(accel_filter.llava_module_path("payloads.accel_check")).name == "accel_check.py"

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from ansible_collections.llava.devserver.plugins.filter import accel_check as accel_filter
 
-from llava_devserver import accel_check, accel_launch, accel_pairs
+from llava_devserver import accel_launch, accel_pairs
 from llava_devserver.config import validate_fleet
+from llava_devserver.payloads import accel_check
 from llava_devserver.report import verdict_cell
 
 HOSTS = [f"devserver-{i}" for i in range(1, 9)]

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from llava_devserver import accel_check, accel_launch
+from llava_devserver import accel_launch
 from llava_devserver.cli import main as cli_main
+from llava_devserver.payloads import accel_check
 from llava_devserver.sim import faults, link
 from llava_devserver.sim.inventory import SIM_ACCEL_CHECK
 

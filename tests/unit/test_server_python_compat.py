@@ -11,7 +11,7 @@ What is shipped, and its target (found from the roles, so a new helper cannot sl
   (`'NAME' | llava_pretrain_helper_path`: jobstate.py) and the files copied to servers and run with their
   python3 (`llava_assets_python_files`: assets_manifest.py, assets_verify.py);
 - container code, Python 3.9 (the Ascend training image's Python; torch and friends are imported lazily):
-  `'NAME' | llava_module_path` (accel_check.py, copied into the training container);
+  `'payloads.NAME' | llava_module_path` (src/llava_devserver/payloads/, copied into the training container);
 - the simulated servers' own Python files (sim/files with a python shebang: npu-smi, npu-sim-sync), Python
   3.9: the hce2 profile's /usr/bin/python3 (debian12 has 3.11), and npu-smi also runs in the training
   container.
@@ -50,7 +50,7 @@ def _yaml_texts() -> str:
 
 
 def _named(filter_name: str) -> set[str]:
-    return set(re.findall(r"'(\w+)'\s*\|\s*(?:llava\.devserver\.)?" + filter_name + r"\b", _yaml_texts()))
+    return set(re.findall(r"'([\w.]+)'\s*\|\s*(?:llava\.devserver\.)?" + filter_name + r"\b", _yaml_texts()))
 
 
 def _is_python_script(path: Path) -> bool:
@@ -68,6 +68,8 @@ def shipped_files() -> dict[Path, tuple[str, bool]]:
     files[Path(llava_workspace_unpack_helper(None))] = (SERVER_TARGET, True)  # package_unpack.py
     for name in _named("llava_module_path"):
         files[Path(llava_module_path(name))] = (CONTAINER_TARGET, False)
+    for path in (REPO / "src/llava_devserver/payloads").glob("*.py"):  # the container's files, all of them
+        files[path] = (CONTAINER_TARGET, False)
     names = set(sim_image.SERVER_FILES)
     for profile in sim_image.PROFILES.values():
         names |= set(profile.files)
