@@ -299,6 +299,9 @@ def test_after_the_repair_everything_works_again(job: Job) -> None:
     assert rc == 0, err
     rows = {row["host"]: row for row in json.loads(out)}
     assert rows["devserver-2"]["loss_log"] and rows["devserver-2"]["step"] == STEPS
+    for host in HOSTS:  # read through community.docker (docker_host_info, docker_container_info)
+        assert rows[host]["docker"].startswith("running "), rows[host]
+        assert rows[host]["container"] == "running", rows[host]
     down = job.play("validate", "down", name="down")
     down.assert_ok(*HOSTS)
     for host in HOSTS:
