@@ -32,17 +32,11 @@ options:
   detect_ip:
     description: The address the port's link detection pings; unset, the detect IP is not changed.
     type: str
-requirements:
-  - the Python package llava-devserver on the control node
+extends_documentation_fragment:
+  - llava.devserver.action_plugin
 attributes:
-  check_mode:
-    description: Can run in check mode and return the changes it would make.
-    support: full
   diff_mode:
     description: Returns the state before and after, in diff mode.
-    support: full
-  action:
-    description: An action plugin does the work; this file only documents it.
     support: full
 """
 

@@ -22,18 +22,12 @@ options:
     type: list
     elements: str
     default: every host of O(group)
-requirements:
-  - the Python package llava-devserver on the control node
+extends_documentation_fragment:
+  - llava.devserver.action_plugin
 attributes:
-  check_mode:
-    description: Can run in check mode and return the changes it would make.
-    support: full
   diff_mode:
     description: Returns the state before and after, in diff mode.
     support: none
-  action:
-    description: An action plugin does the work; this file only documents it.
-    support: full
 """
 
 EXAMPLES = r"""
