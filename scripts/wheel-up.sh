@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole job from a wheel, away from the checkout: a fresh virtualenv holding only this checkout's wheel
-# (not editable; the dependencies are .venv's, reached by a .pth path line, so src/ is not importable), a
+# (not editable; the dependencies are .venv's, scripts/overlay_venv.py: src/ is not importable there), a
 # one-server simulated fleet, and `llava-devserver up` run from an empty folder with no LLAVA_DEVSERVER_HOME,
 # ANSIBLE_CONFIG or PYTHONPATH. The playbooks, roles and plugins come from the collection inside the wheel;
 # the run lands in ./runs of that folder.   scripts/wheel-up.sh [WORK_DIR]
@@ -11,14 +11,7 @@ WORK=${1:-$(mktemp -d "${TMPDIR:-/tmp}/llava-wheel.XXXXXX")}
 VENV=$WORK/venv
 mkdir -p "$WORK/dist" "$WORK/run"
 "$BIN/pip" wheel -q --no-deps --no-build-isolation -w "$WORK/dist" "$ROOT"
-python3 -m venv --clear --without-pip "$VENV"
-"$BIN/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
-  > "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/dependencies.pth"
-"$BIN/pip" --python "$VENV/bin/python" install -q --no-deps "$WORK"/dist/llava_devserver-*.whl
-# ansible-playbook as pip writes it when it installs ansible-core into a virtualenv
-printf '#!%s\nimport sys\nfrom ansible.cli.playbook import main\nsys.exit(main())\n' "$VENV/bin/python" \
-  > "$VENV/bin/ansible-playbook"
-chmod +x "$VENV/bin/ansible-playbook"
+"$BIN/python" "$ROOT/scripts/overlay_venv.py" "$VENV" --ansible-playbook -- "$WORK"/dist/llava_devserver-*.whl
 "$BIN/llava-devserver" sim up --hosts 1 --name wheel-up -o "$WORK/fleet"
 trap '"$BIN/llava-devserver" sim down --name wheel-up' EXIT
 cd "$WORK/run"

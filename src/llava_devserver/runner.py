@@ -1,13 +1,14 @@
 """Run a playbook of this project through ansible-runner and sum up what happened per host.
 
 `run_playbook` runs `ansible-playbook` with the project's ansible.cfg from the project root (so roles,
-plugins and the fact cache resolve as they do for a bare `ansible-playbook site.yml`). The project is the
-checkout (or editable install) this package lives in, else the copy of the collection a wheel carries
-(`packaged_project`): then runs land in ./runs of the current folder and facts in the user's cache. It
-hands every event
+plugins and the fact cache resolve as they do for a bare `ansible-playbook site.yml`), hands every event
 to `on_event` as it arrives (the live display), keeps the whole stdout in `<run dir>/ansible.log`, and
 returns a `RunResult` built from the same events. The run directory is shared with the `llava_report`
 callback through the environment variable LLAVA_RUN_DIR, so the report lands next to the log.
+
+The project is the checkout (or editable install) this package lives in, else the copy of the collection a
+wheel carries (`packaged_project`): then runs land in ./runs of the current folder and facts in the user's
+cache.
 """
 
 from __future__ import annotations

@@ -10,17 +10,15 @@ as plain Python.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
-import sysconfig
-import tomllib
 from pathlib import Path
 
 import pytest
 
+from checkout import ansible_core_floor, overlay_venv
+
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 GOOD = ROOT / "tests/inventories/good/devserver.ini"
 
 CHECKS = """
@@ -47,32 +45,14 @@ print(json.dumps({
 """
 
 
-def _oldest_core() -> str:
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    core = next(d for d in deps if d.startswith("ansible-core"))
-    match = re.search(r">=\s*([0-9.]+)", core)
-    assert match, core
-    return match.group(1)
-
-
 def _oldest_python() -> Path:
-    version = _oldest_core()
+    version = ansible_core_floor()
     venv = ROOT / ".cache" / f"ansible-core-{version}"
-    python = venv / "bin/python"
     marker = venv / ".installed"
     if not marker.is_file():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", str(venv)], check=True)
-        site = subprocess.run(
-            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        (Path(site) / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-        install = ["install", "-q", "--no-deps", f"ansible-core=={version}"]
-        subprocess.run([str(BIN / "pip"), "--python", str(python), *install], check=True, timeout=300)
+        overlay_venv.create(venv, [f"ansible-core=={version}"])
         marker.write_text(version + "\n")
-    return python
+    return venv / "bin/python"
 
 
 @pytest.fixture(scope="module", params=["locked", "oldest"])
@@ -94,7 +74,7 @@ def release(request: pytest.FixtureRequest) -> tuple[str, dict]:
 def test_the_release_is_the_one_asked_for(release: tuple[str, dict]) -> None:
     name, seen = release
     if name == "oldest":
-        assert seen["version"] == _oldest_core()
+        assert seen["version"] == ansible_core_floor()
     else:
         import ansible.release
 

@@ -7,9 +7,8 @@
   `llava.devserver.site` passes --syntax-check from that folder.
 - The versions that must agree (package, collection, the oldest ansible-core) do.
 
-The fresh virtualenv gets only the wheel; the dependencies are this environment's, reached by a .pth file
-naming its site-packages (a path line: the .pth files there, the editable install's among them, are not
-processed, so the checkout's src/ is not importable in it).
+The fresh virtualenv gets only the wheel; the dependencies are this environment's (scripts/overlay_venv.py:
+the checkout's src/ is not importable in it).
 """
 
 from __future__ import annotations
@@ -20,12 +19,12 @@ import re
 import shutil
 import subprocess
 import sys
-import sysconfig
-import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+
+from checkout import ansible_core_floor, floor, overlay_venv, pyproject
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -34,32 +33,21 @@ GOOD = ROOT / "tests/inventories/good"
 ISOLATED_ENV_DROP = ("LLAVA_DEVSERVER_HOME", "LLAVA_DEVSERVER_TEMPLATES", "ANSIBLE_CONFIG", "PYTHONPATH")
 
 
-def _pyproject() -> dict:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())
-
-
 def _galaxy() -> dict:
     return yaml.safe_load((ROOT / "galaxy.yml").read_text())
-
-
-def _floor(spec: str) -> str:
-    match = re.search(r">=\s*([0-9][0-9.]*)", spec)
-    assert match, spec
-    return match.group(1)
 
 
 def test_collection_version_is_the_package_version() -> None:
     from llava_devserver import __version__
 
-    assert _galaxy()["version"] == _pyproject()["project"]["version"] == __version__
+    assert _galaxy()["version"] == pyproject()["project"]["version"] == __version__
 
 
 def test_the_oldest_ansible_core_is_said_the_same_everywhere() -> None:
-    core = next(d for d in _pyproject()["project"]["dependencies"] if d.startswith("ansible-core"))
-    floor = _floor(core)  # e.g. 2.19.0
+    oldest = ansible_core_floor()  # e.g. 2.19.0
     runtime = yaml.safe_load((ROOT / "meta/runtime.yml").read_text())["requires_ansible"]
-    assert _floor(runtime) == floor
-    minor = ".".join(floor.split(".")[:2])
+    assert floor(runtime) == oldest
+    minor = ".".join(oldest.split(".")[:2])
     roles = sorted((ROOT / "roles").glob("*/meta/main.yml"))
     assert roles
     for meta in roles:
@@ -67,7 +55,7 @@ def test_the_oldest_ansible_core_is_said_the_same_everywhere() -> None:
 
 
 def test_the_dependencies_are_ranges_and_the_lock_is_exact() -> None:
-    deps = _pyproject()["project"]["dependencies"]
+    deps = pyproject()["project"]["dependencies"]
     assert deps and not [d for d in deps if "==" in d], deps
     lock = (ROOT / "requirements/ci.lock").read_text().splitlines()
     pins = [line for line in lock if line and not line.startswith("#")]
@@ -128,28 +116,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert built.returncode == 0, built.stderr[-3000:]
     wheel = next(work.glob("llava_devserver-*.whl"))
     venv = work / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = Path(
-        subprocess.run(
-            [str(venv / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    )
-    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    done = _run(
-        [str(BIN / "pip"), "--python", str(venv / "bin/python"), "install", "-q", "--no-deps", str(wheel)],
-        cwd=work,
-        env=_isolated_env(),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    # ansible-playbook, as pip would have installed it with ansible-core into this virtualenv
-    script = venv / "bin/ansible-playbook"
-    script.write_text(
-        f"#!{venv / 'bin/python'}\nimport sys\nfrom ansible.cli.playbook import main\nsys.exit(main())\n"
-    )
-    script.chmod(0o755)
+    overlay_venv.create(venv, [str(wheel)], ansible_playbook=True)
     return venv / "bin"
 
 
